@@ -1,0 +1,3 @@
+from gotorch.cli import main
+
+main()

@@ -1,0 +1,623 @@
+"""The task file: parse `tasks.yaml` and validate it into a `Config`, or report every error at once.
+
+Pure: text in, value or errors out. No clock, no processes. The only host lookups are user and
+group names (a task naming an account that does not exist is an error, as in cron), which callers
+can switch off for a file meant for other hosts.
+
+Errors read `FILE:LINE:COL: task 'NAME': FIELD: what is wrong; how to fix it`. To get real line
+numbers we compose the YAML into nodes (C loader) and walk them ourselves, which also lets us catch
+duplicate keys that PyYAML would silently collapse.
+"""
+
+from __future__ import annotations
+
+import difflib
+import grp
+import hashlib
+import ipaddress
+import pwd
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+
+from gotorch.durations import DURATION_HINT, SIZE_HINT, parse_duration, parse_size
+from gotorch.hosts import IPNetwork
+from gotorch.schedule import Schedule, ScheduleError, parse_schedule
+
+TaskType = Literal["cron", "daemon"]
+NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+SUPPORTED_VERSIONS = (1,)
+TOP_KEYS = ("version", "defaults", "tasks")
+# Fields a `defaults:` block may set: everything but a task's identity and what it runs.
+NOT_DEFAULTABLE = ("name", "command", "schedule", "type")
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One validated task. Equality (minus `line`) is what reload uses to call a task "changed"."""
+
+    name: str
+    command: str | tuple[str, ...]
+    type: TaskType = "cron"
+    schedule: Schedule | None = None
+    ips: tuple[IPNetwork, ...] = ()
+    max_instances: int = 1
+    timeout: float | None = None
+    kill_timeout: float = 10.0
+    misfire_grace: float = 60.0
+    jitter: float = 0.0
+    output_limit: int = 64 * 1024
+    user: str | None = None
+    group: str | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    workdir: str | None = None
+    timezone: str = "UTC"
+    enabled: bool = True
+    line: int = field(default=0, compare=False)
+
+    @property
+    def tz(self) -> ZoneInfo:
+        """The task's zone as a ZoneInfo (cached by zoneinfo itself)."""
+        return ZoneInfo(self.timezone)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigError:
+    """One problem in a task file, located and with a way to fix it."""
+
+    file: str
+    line: int
+    col: int
+    field: str
+    problem: str
+    hint: str = ""
+    task: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.col}: "
+        who = f"task {self.task}: " if self.task is not None else ""
+        what = f"{self.field}: " if self.field else ""
+        hint = f"; {self.hint}" if self.hint else ""
+        return f"{where}{who}{what}{self.problem}{hint}"
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready form for `torch check --json` and status."""
+        return {
+            "file": self.file,
+            "line": self.line,
+            "col": self.col,
+            "task": _strip_quotes(self.task),
+            "field": self.field,
+            "problem": self.problem,
+            "hint": self.hint,
+            "message": str(self),
+        }
+
+
+def _strip_quotes(label: str | None) -> str | None:
+    if label is not None and label.startswith("'") and label.endswith("'"):
+        return label[1:-1]
+    return label
+
+
+class ConfigInvalid(Exception):
+    """The file has errors; nothing from it may be used."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        super().__init__("\n".join(str(e) for e in errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated task file and the hash of the exact bytes it came from."""
+
+    path: str
+    tasks: tuple[Task, ...]
+    digest: str
+
+    @property
+    def short_hash(self) -> str:
+        """The first 12 hex digits of the content hash, for logs and status."""
+        return self.digest[:12]
+
+    def by_name(self) -> dict[str, Task]:
+        """Tasks keyed by name (names are unique, validation guarantees it)."""
+        return {t.name: t for t in self.tasks}
+
+
+# --- field validators: value -> converted value, or raise _Bad(problem, hint) ---------------------
+
+
+class _Bad(Exception):
+    def __init__(self, problem: str, hint: str = "") -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.hint = hint
+
+
+def _type_name(v: object) -> str:
+    if v is None:
+        return "empty"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string",
+            list: "a list", dict: "a mapping"}.get(type(v), type(v).__name__)
+
+
+def _duration(minimum_exclusive: bool) -> Callable[[Any], float]:
+    def check(v: Any) -> float:
+        try:
+            seconds = parse_duration(v)
+        except ValueError:
+            raise _Bad(f"{v!r} is not a duration", DURATION_HINT) from None
+        if seconds < 0 or (minimum_exclusive and seconds == 0):
+            bound = "greater than 0" if minimum_exclusive else "0 or more"
+            raise _Bad(f"{v!r} must be {bound}", DURATION_HINT)
+        return seconds
+
+    return check
+
+
+def _positive_int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _Bad(f"expected a whole number, got {_type_name(v)} {v!r}", "write e.g. 1")
+    if v < 1:
+        raise _Bad(f"{v} must be 1 or more", "use 1 to allow a single instance")
+    return v
+
+
+def _size(v: Any) -> int:
+    try:
+        n = parse_size(v)
+    except ValueError:
+        raise _Bad(f"{v!r} is not a size", SIZE_HINT) from None
+    if n < 0:
+        raise _Bad(f"{v!r} must be 0 or more", SIZE_HINT)
+    return n
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise _Bad(f"expected true or false, got {_type_name(v)} {v!r}", "write true or false")
+    return v
+
+
+def _task_type(v: Any) -> TaskType:
+    if v == "cron":
+        return "cron"
+    if v == "daemon":
+        return "daemon"
+    raise _Bad(f"{v!r} is not a task type", "use cron (run on a schedule) or daemon (kept running)")
+
+
+def _command(v: Any) -> str | tuple[str, ...]:
+    if isinstance(v, str):
+        if not v.strip():
+            raise _Bad("is empty", "give a shell command line or a list of arguments")
+        return v
+    if isinstance(v, list):
+        if not v:
+            raise _Bad("is an empty list", "give the program and its arguments, e.g. [/bin/echo, hi]")
+        if not all(isinstance(a, str | int | float) and not isinstance(a, bool) for a in v):
+            raise _Bad("every argument must be a string", "quote arguments that YAML reads as other types")
+        if not str(v[0]).strip():
+            raise _Bad("the program (first item) is empty", "give the program's path or name first")
+        return tuple(str(a) for a in v)
+    raise _Bad(f"expected a string or a list of arguments, got {_type_name(v)}",
+               "a string runs via /bin/sh -c; a list runs without a shell")
+
+
+def _ips(v: Any) -> tuple[IPNetwork, ...]:
+    if v is None:
+        return ()
+    if isinstance(v, str):
+        raise _Bad("expected a list of addresses", f"write ips: [{v}]")
+    if not isinstance(v, list):
+        raise _Bad(f"expected a list of addresses or networks, got {_type_name(v)}",
+                   "write e.g. ips: [10.0.0.5, 10.0.1.0/24]")
+    nets: list[IPNetwork] = []
+    for item in v:
+        if not isinstance(item, str):
+            raise _Bad(f"{item!r} is not an IP address or network", "quote it as a string, e.g. '10.0.0.5'")
+        try:
+            nets.append(ipaddress.ip_network(item.strip(), strict=True))
+        except ValueError as exc:
+            if "host bits set" in str(exc):
+                loose = ipaddress.ip_network(item.strip(), strict=False)
+                raise _Bad(f"{item!r} has host bits set", f"did you mean {loose}?") from None
+            raise _Bad(f"{item!r} is not an IP address or CIDR network",
+                       "write an IPv4/IPv6 address or a network like 10.0.1.0/24") from None
+    return tuple(nets)
+
+
+@lru_cache(maxsize=1024)
+def _user_exists(name: str) -> bool:
+    try:
+        if name.isdigit():
+            pwd.getpwuid(int(name))
+        else:
+            pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+@lru_cache(maxsize=1024)
+def _group_exists(name: str) -> bool:
+    try:
+        if name.isdigit():
+            grp.getgrgid(int(name))
+        else:
+            grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _account(kind: str, exists: Callable[[str], bool]) -> Callable[[Any], str]:
+    def check(v: Any) -> str:
+        if isinstance(v, bool) or not isinstance(v, str | int):
+            raise _Bad(f"expected a {kind} name, got {_type_name(v)}", f"write the {kind}'s name")
+        name = str(v)
+        if _ACCOUNT_CHECKS and not exists(name):
+            raise _Bad(f"unknown {kind} {name!r} on this host",
+                       f"create the {kind} first, or fix the spelling (see getent {'passwd' if kind == 'user' else 'group'})")
+        return name
+
+    return check
+
+
+# Set by parse_config for the duration of one call; a module flag keeps the validators plain functions.
+_ACCOUNT_CHECKS = True
+
+
+def _env(v: Any) -> tuple[tuple[str, str], ...]:
+    if v is None:
+        return ()
+    if not isinstance(v, dict):
+        raise _Bad(f"expected a mapping of NAME: value, got {_type_name(v)}", "write e.g. env: {LANG: C.UTF-8}")
+    out: list[tuple[str, str]] = []
+    for k, val in v.items():
+        if not isinstance(k, str) or not ENV_NAME_RE.fullmatch(k):
+            raise _Bad(f"{k!r} is not a valid variable name", "use letters, digits and _, not starting with a digit")
+        if isinstance(val, bool) or val is None or not isinstance(val, str | int | float):
+            raise _Bad(f"{k}: value must be a string, got {_type_name(val)}", f"quote it, e.g. {k}: \"{val}\"")
+        out.append((k, str(val)))
+    return tuple(sorted(out))
+
+
+def _workdir(v: Any) -> str:
+    if not isinstance(v, str) or not v.startswith("/"):
+        raise _Bad(f"{v!r} is not an absolute path", "write a path starting with /")
+    return v
+
+
+def _timezone(v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise _Bad(f"expected an IANA zone name, got {_type_name(v)}", "write e.g. Europe/Berlin or UTC")
+    try:
+        ZoneInfo(v)
+    except (ZoneInfoNotFoundError, ValueError):
+        close = difflib.get_close_matches(v, _zone_names(), n=1)
+        hint = f"did you mean {close[0]}?" if close else "write an IANA name like Europe/Berlin or UTC"
+        raise _Bad(f"unknown timezone {v!r}", hint) from None
+    return v
+
+
+@lru_cache(maxsize=1)
+def _zone_names() -> list[str]:
+    import zoneinfo
+
+    return sorted(zoneinfo.available_timezones())
+
+
+def _name(v: Any) -> str:
+    if not isinstance(v, str) or not NAME_RE.fullmatch(v):
+        raise _Bad(f"{v!r} is not a valid task name",
+                   "use 1-64 characters from A-Z a-z 0-9 _ . -")
+    return v
+
+
+def _schedule(v: Any) -> Schedule:
+    if not isinstance(v, str):
+        raise _Bad(f"expected a quoted cron expression, got {_type_name(v)} {v!r}",
+                   'quote the schedule, e.g. schedule: "0 */5 * * * *"')
+    try:
+        return parse_schedule(v)
+    except ScheduleError as exc:
+        raise _Bad(exc.problem, exc.hint) from None
+
+
+_VALIDATORS: dict[str, Callable[[Any], Any]] = {
+    "name": _name,
+    "schedule": _schedule,
+    "command": _command,
+    "type": _task_type,
+    "ips": _ips,
+    "max_instances": _positive_int,
+    "timeout": _duration(minimum_exclusive=True),
+    "kill_timeout": _duration(minimum_exclusive=True),
+    "misfire_grace": _duration(minimum_exclusive=False),
+    "jitter": _duration(minimum_exclusive=False),
+    "output_limit": _size,
+    "user": _account("user", _user_exists),
+    "group": _account("group", _group_exists),
+    "env": _env,
+    "workdir": _workdir,
+    "timezone": _timezone,
+    "enabled": _bool,
+}
+TASK_KEYS = tuple(_VALIDATORS)
+DEFAULT_KEYS = tuple(k for k in TASK_KEYS if k not in NOT_DEFAULTABLE)
+
+
+# --- YAML nodes with positions -------------------------------------------------------------------
+
+
+@dataclass
+class _Entry:
+    key_node: yaml.Node
+    value_node: yaml.Node
+
+
+class _Walker:
+    """Turns composed YAML nodes into Python values while collecting located errors."""
+
+    def __init__(self, filename: str, loader: Any) -> None:
+        self.filename = filename
+        self.loader = loader
+        self.errors: list[ConfigError] = []
+
+    def error(self, node: yaml.Node, field: str, problem: str, hint: str = "", task: str | None = None) -> None:
+        mark = node.start_mark
+        self.errors.append(ConfigError(self.filename, mark.line + 1, mark.column + 1, field, problem, hint, task))
+
+    def value(self, node: yaml.Node) -> Any:
+        """Plain Python value of a node (scalars via PyYAML's safe constructor)."""
+        if isinstance(node, yaml.MappingNode):
+            return {self.value(k): self.value(v) for k, v in self._pairs(node)}
+        if isinstance(node, yaml.SequenceNode):
+            return [self.value(n) for n in node.value]
+        return self.loader.construct_object(node, deep=True)
+
+    def _pairs(self, node: yaml.MappingNode) -> list[tuple[yaml.Node, yaml.Node]]:
+        # Merge keys (`<<: *common`) are legitimate YAML reuse: flatten them the way PyYAML would.
+        self.loader.flatten_mapping(node)
+        return list(node.value)
+
+    def mapping(self, node: yaml.Node, what: str, task: str | None = None) -> dict[str, _Entry] | None:
+        """Entries of a mapping node by key, reporting duplicate keys (PyYAML would keep the last silently)."""
+        if not isinstance(node, yaml.MappingNode):
+            return None
+        has_merge = any(k.tag == "tag:yaml.org,2002:merge" for k, _ in node.value)
+        seen: dict[str, _Entry] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.value(key_node)
+            if not isinstance(key, str):
+                self.error(key_node, str(key), f"keys of {what} must be names", "write the key as text", task)
+                continue
+            if key in seen:
+                first = seen[key].key_node.start_mark.line + 1
+                self.error(key_node, key, f"duplicate key (first set on line {first})",
+                           "keep only one; YAML would silently use the last", task)
+                continue
+            seen[key] = _Entry(key_node, value_node)
+        if has_merge:
+            merged = dict(seen)
+            for key_node, value_node in self._pairs(node):
+                key = self.value(key_node)
+                if isinstance(key, str) and key not in seen:
+                    merged[key] = _Entry(key_node, value_node)
+            return merged
+        return seen
+
+    def unknown_keys(self, entries: dict[str, _Entry], allowed: tuple[str, ...], where: str,
+                     task: str | None = None, misplaced: tuple[str, ...] = ()) -> Iterator[str]:
+        for key, entry in entries.items():
+            if key in allowed:
+                continue
+            if key in misplaced:
+                self.error(entry.key_node, key, f"cannot be set in {where}", "set it on each task instead", task)
+            else:
+                close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+                hint = f"did you mean `{close[0]}`?" if close else "allowed keys: " + ", ".join(allowed)
+                self.error(entry.key_node, key, f"unknown key in {where}", hint, task)
+            yield key
+
+
+def _yaml_error(filename: str, exc: yaml.YAMLError, text: str) -> ConfigError:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    line = mark.line + 1 if mark is not None else 1
+    col = mark.column + 1 if mark is not None else 1
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    if context:
+        problem = f"{context}, {problem}"
+    hint = "fix the YAML syntax at this position"
+    bad_line = text.splitlines()[line - 1] if 0 < line <= len(text.splitlines()) else ""
+    if "alias" in problem or re.search(r":\s*\*", bad_line):
+        hint = 'quote the schedule: YAML reads a leading * as an alias, write schedule: "*/5 * * * * *"'
+    return ConfigError(filename, line, col, "yaml", f"invalid YAML: {problem}", hint)
+
+
+def parse_config(text: str, filename: str = "tasks.yaml", *, check_accounts: bool = True,
+                 default_timezone: str | None = None) -> Config:
+    """Validate task-file `text`; return a Config or raise ConfigInvalid with every error found.
+
+    `default_timezone` is the zone for tasks that name none and have no `defaults.timezone` (the
+    host's zone, supplied by the caller so this function reads nothing from the host).
+    """
+    global _ACCOUNT_CHECKS
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    loader = yaml.CSafeLoader(text)
+    try:
+        try:
+            root = loader.get_single_node()
+        except yaml.YAMLError as exc:
+            raise ConfigInvalid([_yaml_error(filename, exc, text)]) from None
+        w = _Walker(filename, loader)
+        _ACCOUNT_CHECKS = check_accounts
+        try:
+            tasks = _parse_root(w, root, default_timezone or "UTC")
+        except yaml.YAMLError as exc:  # a bad scalar surfaces while constructing values
+            raise ConfigInvalid([*w.errors, _yaml_error(filename, exc, text)]) from None
+        finally:
+            _ACCOUNT_CHECKS = True
+    finally:
+        loader.dispose()
+    if w.errors:
+        raise ConfigInvalid(sorted(w.errors, key=lambda e: (e.line, e.col)))
+    return Config(filename, tuple(tasks), digest)
+
+
+def _parse_root(w: _Walker, root: yaml.Node | None, host_tz: str) -> list[Task]:
+    if root is None:
+        w.errors.append(ConfigError(w.filename, 1, 1, "", "the file is empty",
+                                    "start it with `version: 1` and a `tasks:` list"))
+        return []
+    top = w.mapping(root, "the file")
+    if top is None:
+        w.error(root, "", "the file must be a mapping with version, defaults and tasks",
+                "start it with `version: 1` and a `tasks:` list")
+        return []
+    list(w.unknown_keys(top, TOP_KEYS, "the file"))
+    version = top.get("version")
+    if version is None:
+        w.error(root, "version", "missing", "add `version: 1` at the top of the file")
+    else:
+        v = w.value(version.value_node)
+        if isinstance(v, bool) or v not in SUPPORTED_VERSIONS:
+            w.error(version.value_node, "version", f"unsupported version {v!r}",
+                    "this torch reads version: 1")
+
+    defaults: dict[str, Any] = {}
+    if "defaults" in top:
+        defaults = _parse_defaults(w, top["defaults"].value_node)
+    tz_default = defaults.pop("timezone", host_tz)
+
+    if "tasks" not in top:
+        w.error(root, "tasks", "missing", "add a `tasks:` list (it may be empty: tasks: [])")
+        return []
+    tasks_node = top["tasks"].value_node
+    if isinstance(tasks_node, yaml.ScalarNode) and w.value(tasks_node) is None:
+        return []
+    if not isinstance(tasks_node, yaml.SequenceNode):
+        w.error(tasks_node, "tasks", "must be a list of tasks", "start each task with `- name: ...`")
+        return []
+
+    tasks: list[Task] = []
+    names: dict[str, int] = {}
+    for index, node in enumerate(tasks_node.value, start=1):
+        name, task = _parse_task(w, node, index, defaults, tz_default)
+        if name is not None and name in names:
+            w.error(node, "name", f"duplicate task name (first used on line {names[name]})",
+                    "task names are the identity across reloads: make each one unique", f"'{name}'")
+            continue
+        if name is not None:
+            names[name] = node.start_mark.line + 1
+        if task is not None:
+            tasks.append(task)
+    return tasks
+
+
+def _parse_defaults(w: _Walker, node: yaml.Node) -> dict[str, Any]:
+    if isinstance(node, yaml.ScalarNode) and w.value(node) is None:
+        return {}
+    entries = w.mapping(node, "defaults")
+    if entries is None:
+        w.error(node, "defaults", "must be a mapping of task fields", "write e.g. defaults: {timezone: UTC}")
+        return {}
+    bad = set(w.unknown_keys(entries, DEFAULT_KEYS, "defaults", misplaced=NOT_DEFAULTABLE))
+    out: dict[str, Any] = {}
+    for key, entry in entries.items():
+        if key in bad:
+            continue
+        try:
+            out[key] = _VALIDATORS[key](w.value(entry.value_node))
+        except _Bad as b:
+            w.error(entry.value_node, f"defaults.{key}", b.problem, b.hint)
+    return out
+
+
+def _parse_task(w: _Walker, node: yaml.Node, index: int, defaults: dict[str, Any],
+                tz_default: str) -> tuple[str | None, Task | None]:
+    """Validate one task; return its name (if readable) and the Task (if it has no errors)."""
+    label = f"#{index}"
+    if isinstance(node, yaml.MappingNode):
+        # Name the task in every message, including duplicate-key ones raised while reading the mapping.
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode) and k.value == "name" and isinstance(v, yaml.ScalarNode) \
+                    and NAME_RE.fullmatch(v.value):
+                label = f"'{v.value}'"
+                break
+    entries = w.mapping(node, "a task", label)
+    if entries is None:
+        w.error(node, "", "each task must be a mapping", "start it with `- name: ...`", label)
+        return None, None
+    line = node.start_mark.line + 1
+    name_entry = entries.get("name")
+    if name_entry is not None:
+        try:
+            label = f"'{_name(w.value(name_entry.value_node))}'"
+        except _Bad as b:
+            w.error(name_entry.value_node, "name", b.problem, b.hint, label)
+            name_entry = None
+    bad = set(w.unknown_keys(entries, TASK_KEYS, "a task", label))
+
+    values: dict[str, Any] = dict(defaults)
+    ok = name_entry is not None
+    if name_entry is None and "name" not in entries:
+        w.error(node, "name", "missing", "every task needs a unique `name:`", label)
+    for key, entry in entries.items():
+        if key in bad or key == "name":
+            continue
+        try:
+            values[key] = _VALIDATORS[key](w.value(entry.value_node))
+        except _Bad as b:
+            w.error(entry.value_node, key, b.problem, b.hint, label)
+            ok = False
+
+    task_type = values.get("type", "cron")
+    if "command" not in entries:
+        w.error(node, "command", "missing", "give the command to run (a string, or a list of arguments)", label)
+        ok = False
+    if task_type == "daemon" and "schedule" in entries:
+        w.error(entries["schedule"].key_node, "schedule", "a daemon task has no schedule",
+                "remove `schedule:` (daemon tasks are kept running), or use type: cron", label)
+        ok = False
+    if task_type == "cron" and "schedule" not in entries:
+        w.error(node, "schedule", "missing",
+                'add e.g. schedule: "0 */5 * * * *" (six fields, seconds first), or type: daemon', label)
+        ok = False
+    if name_entry is None:
+        return None, None
+    name = label[1:-1]
+    if not ok:
+        return name, None
+    values.setdefault("timezone", tz_default)
+    return name, Task(name=name, line=line, **values)
+
+
+def load_config(path: str | Path, *, check_accounts: bool = True, default_timezone: str | None = None) -> Config:
+    """Read and validate the task file at `path`; ConfigInvalid (with a located error) if unreadable."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigInvalid([ConfigError(str(p), 0, 0, "", f"cannot read the task file: {exc.strerror}",
+                                         "check the path (-c FILE, TORCH_CONFIG) and its permissions")]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigInvalid([ConfigError(str(p), line, 1, "", "the file is not valid UTF-8",
+                                         "save it as UTF-8")]) from None
+    return parse_config(text, str(p), check_accounts=check_accounts, default_timezone=default_timezone)

@@ -1,0 +1,33 @@
+"""The plan: what a new config changes, keyed by task name. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gotorch.config import Task
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Names of tasks added, removed, changed and unchanged between two configs."""
+
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: tuple[str, ...]
+    unchanged: tuple[str, ...]
+
+    def summary(self) -> str:
+        """`+a +b -c ~d`, the form `torch reload` prints; `no changes` when empty."""
+        parts = [f"+{n}" for n in self.added] + [f"-{n}" for n in self.removed] + [f"~{n}" for n in self.changed]
+        return " ".join(parts) if parts else "no changes"
+
+
+def diff(old: Mapping[str, Task], new: Mapping[str, Task]) -> Plan:
+    """Compare two task sets by name; a task is changed when any field but its line differs."""
+    return Plan(
+        added=tuple(sorted(n for n in new if n not in old)),
+        removed=tuple(sorted(n for n in old if n not in new)),
+        changed=tuple(sorted(n for n in new if n in old and new[n] != old[n])),
+        unchanged=tuple(sorted(n for n in new if n in old and new[n] == old[n])),
+    )
