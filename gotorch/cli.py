@@ -94,32 +94,45 @@ def task_warnings(config: Config, now: datetime) -> list[dict[str, Any]]:
 
 
 @cli.command()
-@click.argument("file", required=False)
+@click.argument("files", nargs=-1)
 @config_option
 @json_option
 @click.option("--no-account-check", is_flag=True,
               help="Do not look up user/group names on this host (for checking a file meant for other hosts).")
-def check(file: str | None, config_opt: str | None, as_json: bool, no_account_check: bool) -> None:
-    """Validate a task file: exit 0 valid, 1 invalid (every error on stderr), 2 usage."""
-    path = resolve_config(config_opt, file)
-    try:
-        config = _load(path, check_accounts=not no_account_check)
-    except ConfigInvalid as exc:
-        if as_json:
-            click.echo(json.dumps({"file": str(path), "valid": False, "tasks": 0,
-                                   "errors": [e.as_dict() for e in exc.errors], "warnings": []}, indent=2))
-        else:
-            _print_errors(exc.errors)
-        sys.exit(1)
-    warnings = task_warnings(config, datetime.now(UTC))
+def check(files: tuple[str, ...], config_opt: str | None, as_json: bool, no_account_check: bool) -> None:
+    """Validate task files: exit 0 valid, 1 invalid (every error on stderr), 2 usage.
+
+    Several FILEs may be given (pre-commit passes every changed file); with --json and more than
+    one file the output is a list of the per-file objects.
+    """
+    paths = [resolve_config(config_opt, f) for f in files] if files else [resolve_config(config_opt, None)]
+    reports = [_check_one(p, not no_account_check) for p in paths]
     if as_json:
-        click.echo(json.dumps({"file": str(path), "valid": True, "tasks": len(config.tasks),
-                               "hash": config.short_hash, "errors": [], "warnings": warnings}, indent=2))
-        return
-    for w in warnings:
-        click.echo(f"warning: {w['message']}", err=True)
-    n = len(config.tasks)
-    click.echo(f"{path}: OK, {n} task{'s' if n != 1 else ''} (hash {config.short_hash})")
+        click.echo(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
+    else:
+        for r in reports:
+            if r["valid"]:
+                for w in r["warnings"]:
+                    click.echo(f"warning: {w['message']}", err=True)
+                n = r["tasks"]
+                click.echo(f"{r['file']}: OK, {n} task{'s' if n != 1 else ''} (hash {r['hash']})")
+            else:
+                for e in r["errors"]:
+                    click.echo(e["message"], err=True)
+                n = len(r["errors"])
+                click.echo(f"{r['file']}: {n} error{'s' if n != 1 else ''}; the file was not accepted", err=True)
+    if not all(r["valid"] for r in reports):
+        sys.exit(1)
+
+
+def _check_one(path: Path, check_accounts: bool) -> dict[str, Any]:
+    try:
+        config = _load(path, check_accounts=check_accounts)
+    except ConfigInvalid as exc:
+        return {"file": str(path), "valid": False, "tasks": 0, "hash": None,
+                "errors": [e.as_dict() for e in exc.errors], "warnings": []}
+    return {"file": str(path), "valid": True, "tasks": len(config.tasks), "hash": config.short_hash,
+            "errors": [], "warnings": task_warnings(config, datetime.now(UTC))}
 
 
 # --- next ----------------------------------------------------------------------------------------
@@ -258,6 +271,53 @@ def list_cmd(file: str | None, config_opt: str | None, as_json: bool, host_ips: 
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+# --- start (foreground) -----------------------------------------------------------------------------
+
+
+def state_dir_option(f: F) -> F:
+    """`--state-dir DIR`: where the daemon keeps pidfile, log, socket and status."""
+    return click.option("--state-dir", metavar="DIR", default=None,
+                        help="Daemon state directory (default: $TORCH_STATE_DIR, else /run/torch etc. as root, "
+                             "XDG dirs otherwise).")(f)
+
+
+@cli.command()
+@config_option
+@state_dir_option
+@host_ips_option
+@click.option("--foreground", "-f", is_flag=True, help="Run in this process (systemd Type=notify, containers).")
+@click.option("--stop-timeout", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              envvar="TORCH_STOP_TIMEOUT", help="Seconds between SIGTERM and SIGKILL for runs at shutdown.")
+def start(config_opt: str | None, state_dir: str | None, host_ips: str | None, foreground: bool,
+          stop_timeout: float) -> None:
+    """Validate the task file and run the daemon."""
+    from gotorch import log as logmod
+    from gotorch.daemon import resolve_paths, sd_notify
+    from gotorch.service import serve
+
+    path = resolve_config(config_opt, None).absolute()
+    try:
+        config = _load(path)
+        host_addresses(host_ips)
+    except ConfigInvalid as exc:
+        _print_errors(exc.errors)
+        sys.exit(1)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--host-ips / TORCH_HOST_IPS") from None
+    paths = resolve_paths(state_dir)
+    try:
+        paths.create()
+    except OSError as exc:
+        click.echo(f"torch: cannot create state directory: {exc}", err=True)
+        sys.exit(1)
+    if not foreground:
+        click.echo("torch: background start is not implemented yet; use --foreground", err=True)
+        sys.exit(2)
+    logmod.configure(stream=sys.stderr)
+    sys.exit(serve(path, config, state_dir=paths.state_dir, host_ips=host_ips, stop_timeout=stop_timeout,
+                   notify=sd_notify))
 
 
 def main() -> None:

@@ -266,8 +266,9 @@ def _account(kind: str, exists: Callable[[str], bool]) -> Callable[[Any], str]:
             raise _Bad(f"expected a {kind} name, got {_type_name(v)}", f"write the {kind}'s name")
         name = str(v)
         if _ACCOUNT_CHECKS and not exists(name):
+            db = "passwd" if kind == "user" else "group"
             raise _Bad(f"unknown {kind} {name!r} on this host",
-                       f"create the {kind} first, or fix the spelling (see getent {'passwd' if kind == 'user' else 'group'})")
+                       f"create the {kind} first, or fix the spelling (see getent {db})")
         return name
 
     return check

@@ -232,7 +232,8 @@ def test_missing_fields() -> None:
 
 def test_command_forms() -> None:
     assert "command: is empty" in one_error('version: 1\ntasks:\n  - {name: a, schedule: "@daily", command: " "}\n')
-    assert "command: is an empty list" in one_error('version: 1\ntasks:\n  - {name: a, schedule: "@daily", command: []}\n')
+    assert "command: is an empty list" in one_error(
+        'version: 1\ntasks:\n  - {name: a, schedule: "@daily", command: []}\n')
     assert "command: expected a string or a list" in one_error(
         'version: 1\ntasks:\n  - {name: a, schedule: "@daily", command: {a: 1}}\n')
     (t,) = parse('version: 1\ntasks:\n  - {name: a, schedule: "@daily", command: [/bin/echo, 3]}\n')

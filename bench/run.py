@@ -1,0 +1,197 @@
+"""torch benchmarks: one command (`python3 dev.py bench [SCENARIO...]`) prints every figure.
+
+Scenarios:
+  load      parse + validate a 10,000-task file (target <= 3 s)
+  runs      torch vs the floor loop (sleep to the boundary + Popen): lateness from the scheduled
+            boundary to the child's exec, measured by the child itself (bench/recorder.c, compiled
+            with the system C compiler), daemon CPU and RSS:
+              A  1 task/s, p99 lateness
+              B  10,000 tasks loaded, 10 due/s: p99 lateness, daemon CPU, steady RSS
+              C  200 due on one second: last start
+              D  10,000 loaded, none due: daemon CPU
+Set BENCH_SECONDS to change the measuring window of each scenario (default 30).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from gen import task_file
+
+from gotorch.config import load_config
+
+
+def bench_load() -> None:
+    """Time `load_config` (YAML + validation + first next-fire of every schedule) on 10,000 tasks."""
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "tasks.yaml"
+        path.write_text(task_file(10_000))
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            cfg = load_config(path)
+            times.append(time.perf_counter() - t0)
+        size = path.stat().st_size
+    print(f"load: 10,000 tasks ({size / 1e6:.1f} MB, {len(cfg.tasks)} valid): "
+          f"best {min(times):.2f} s, median {statistics.median(times):.2f} s (target <= 3 s)")
+
+
+HERE = Path(__file__).resolve().parent
+WINDOW = int(os.environ.get("BENCH_SECONDS", "30"))
+
+
+def _compile_recorder(d: Path) -> Path:
+    exe = d / "recorder"
+    subprocess.run(["cc", "-O2", "-o", str(exe), str(HERE / "recorder.c")], check=True)
+    return exe
+
+
+def _lateness_ms(record: Path) -> dict[int, list[float]]:
+    """Lateness in ms of every recorded exec, grouped by scheduled second."""
+    by_second: dict[int, list[float]] = {}
+    if not record.exists():
+        return by_second
+    for line in record.read_text().splitlines():
+        sched, ns = line.split()
+        by_second.setdefault(int(sched), []).append((int(ns) - int(sched) * 1_000_000_000) / 1e6)
+    return by_second
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def _torch_tasks(recorder: Path, record: Path, due: list[str], idle: int) -> str:
+    lines = ["version: 1", "defaults: {timezone: UTC, max_instances: 5}", "tasks:"]
+    for i, sched in enumerate(due):
+        lines.append(f'  - {{name: due-{i}, schedule: "{sched}", command: [{recorder}], '
+                     f'env: {{RECORD_FILE: {record}}}}}')
+    for i in range(idle):  # loaded but not due while we measure (1 January only)
+        sched = f"{i % 60} {i // 60 % 60} {i % 24} 1 1 *"
+        lines.append(f'  - {{name: idle-{i}, schedule: "{sched}", command: [/bin/true]}}')
+    return "\n".join(lines) + "\n"
+
+
+def _run_torch(d: Path, tasks: str, seconds: int) -> tuple[float, float]:
+    """Run torch in the foreground for `seconds` after it is ready; return (CPU %, RSS MB) over that window."""
+    cfg = d / "tasks.yaml"
+    cfg.write_text(tasks)
+    log = open(d / "torch.log", "wb")  # noqa: SIM115
+    env = dict(os.environ, TORCH_STATE_DIR=str(d / "state"), TORCH_HOST_IPS="127.0.0.1")
+    proc = subprocess.Popen([sys.executable, "-m", "gotorch", "start", "--foreground", "-c", str(cfg)],
+                            stdout=log, stderr=log, env=env)
+    try:
+        while b"daemon.start" not in (d / "torch.log").read_bytes():
+            if proc.poll() is not None:
+                raise SystemExit((d / "torch.log").read_text()[-2000:])
+            time.sleep(0.1)
+        p = psutil.Process(proc.pid)
+        time.sleep(2)  # let start-up work (first next-fire of every task) settle
+        c0, t0 = p.cpu_times(), time.monotonic()
+        time.sleep(seconds)
+        c1, t1 = p.cpu_times(), time.monotonic()
+        rss = p.memory_info().rss / 1e6
+        cpu = ((c1.user + c1.system) - (c0.user + c0.system)) / (t1 - t0) * 100
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        log.close()
+    return cpu, rss
+
+
+def _run_floor(recorder: Path, record: Path, seconds: int, per_second: int) -> tuple[float, float]:
+    proc = subprocess.Popen([sys.executable, str(HERE / "floor.py"), str(recorder), str(record),
+                             str(seconds), str(per_second)])
+    p = psutil.Process(proc.pid)
+    time.sleep(1)
+    c0, t0 = p.cpu_times(), time.monotonic()
+    rss = p.memory_info().rss / 1e6
+    while proc.poll() is None:
+        try:
+            c1, t1 = p.cpu_times(), time.monotonic()
+            rss = max(rss, p.memory_info().rss / 1e6)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.2)
+    return ((c1.user + c1.system) - (c0.user + c0.system)) / (t1 - t0) * 100, rss
+
+
+def _row(label: str, torch_v: float, floor_v: float | None, target: str, unit: str) -> None:
+    ratio = f"{torch_v / floor_v:5.2f}x" if floor_v else "    - "
+    floor_s = f"{floor_v:9.2f}" if floor_v is not None else "        -"
+    print(f"  {label:<44} torch {torch_v:9.2f} {unit:<3} floor {floor_s} {unit:<3} ratio {ratio}  target {target}")
+
+
+def bench_runs() -> None:
+    """Scenarios A-D against torch and the floor loop, printed side by side."""
+    with tempfile.TemporaryDirectory(prefix="torch-bench-") as tmp:
+        d = Path(tmp)
+        rec = _compile_recorder(d)
+        print(f"runs: window {WINDOW} s per scenario, {os.cpu_count()} cores")
+
+        def lat(name: str, due: list[str], idle: int, per_second: int, floor_seconds: int
+                ) -> tuple[dict[int, list[float]], dict[int, list[float]], float, float, float, float]:
+            sub = d / name
+            sub.mkdir()
+            cpu, rss = _run_torch(sub, _torch_tasks(rec, sub / "torch.rec", due, idle), WINDOW)
+            fcpu, frss = _run_floor(rec, sub / "floor.rec", floor_seconds, per_second)
+            return _lateness_ms(sub / "torch.rec"), _lateness_ms(sub / "floor.rec"), cpu, rss, fcpu, frss
+
+        t, f, cpu, rss, fcpu, frss = lat("A", ["* * * * * *"], 0, 1, WINDOW)
+        tv = [x for v in t.values() for x in v]
+        fv = [x for v in f.values() for x in v]
+        print(f"A  1 task/s ({len(tv)} torch fires, {len(fv)} floor fires)")
+        _row("p50 lateness", _pct(tv, 50), _pct(fv, 50), "-", "ms")
+        _row("p99 lateness", _pct(tv, 99), _pct(fv, 99), "<= 1.5 ms", "ms")
+
+        t, f, cpu, rss, fcpu, frss = lat("B", ["* * * * * *"] * 10, 9_990, 10, WINDOW)
+        tv = [x for v in t.values() for x in v]
+        fv = [x for v in f.values() for x in v]
+        print(f"B  10,000 loaded, 10 due/s ({len(tv)} torch fires, {len(fv)} floor fires)")
+        _row("p99 lateness", _pct(tv, 99), _pct(fv, 99), "<= 5 ms", "ms")
+        _row("daemon CPU", cpu, fcpu, "<= 0.3 %", "%")
+        _row("steady daemon RSS", rss, frss, "<= 50 MB", "MB")
+
+        t, f, *_ = lat("C", ["*/5 * * * * *"] * 200, 0, 200, max(4, WINDOW // 5))
+        last_t = [max(v) for v in t.values() if len(v) >= 200]
+        last_f = [max(v) for v in f.values() if len(v) >= 200]
+        print(f"C  200 due on one second ({len(last_t)} torch samples, {len(last_f)} floor samples)")
+        _row("last start (median of samples)", statistics.median(last_t) if last_t else float("nan"),
+             statistics.median(last_f) if last_f else None, "<= 70 ms", "ms")
+
+        sub = d / "D"
+        sub.mkdir()
+        cpu, rss = _run_torch(sub, _torch_tasks(rec, sub / "torch.rec", [], 10_000), WINDOW)
+        print("D  10,000 loaded, none due")
+        _row("daemon CPU", cpu, None, "<= 0.1 %", "%")
+        _row("daemon RSS", rss, None, "-", "MB")
+
+
+SCENARIOS: dict[str, Callable[[], None]] = {"load": bench_load, "runs": bench_runs}
+
+
+def main() -> None:
+    chosen = sys.argv[1:] or list(SCENARIOS)
+    for name in chosen:
+        if name not in SCENARIOS:
+            sys.exit(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
+        SCENARIOS[name]()
+
+
+if __name__ == "__main__":
+    main()

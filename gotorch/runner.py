@@ -1,0 +1,838 @@
+"""Processes for runs: spawn in a new session, stream capped output, time out, TERM-then-KILL, reap.
+
+The runner knows processes and nothing of cron. It lives inside the one asyncio loop owned by the
+scheduler and never blocks it: pipes are non-blocking and read from `loop.add_reader` callbacks,
+timers are `loop.call_later` handles, and child exits are collected by `reap()`, which the loop's
+owner calls from its SIGCHLD handler (`loop.add_signal_handler(signal.SIGCHLD, runner.reap)`).
+
+Lifecycle of a run:
+
+    start() --Popen (setsid)--> running --direct child reaped--> exited --pipes at EOF, or
+                                                                           1 s later--> ended
+
+A run ends (`run.end` is logged and `on_end` is called exactly once) when its direct child has been
+reaped AND both pipes are closed. Processes left in its group after a normal exit are not killed
+(cron allows `nohup x &`); the daemon is a child subreaper, so they are reaped when they die.
+
+We reap with `waitpid(-1)` rather than per-pid waits because orphaned grandchildren are reparented
+to us and must be reaped too. A consequence for the rest of the daemon: nothing else in this
+process may start children of its own (subprocess.run, asyncio subprocesses), or their exit status
+will be taken by `reap()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import fcntl
+import functools
+import grp
+import os
+import pwd
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from types import MappingProxyType
+from typing import Any, Literal
+
+from gotorch.log import get_logger
+
+# One pipe's default capacity on Linux: one read usually empties it.
+CHUNK = 64 * 1024
+# Reads per readiness callback, so one chatty task cannot starve the loop (or other runs) for long.
+READS_PER_WAKEUP = 16
+# A line without a newline is logged in pieces of about this size, so a huge output_limit cannot make
+# us buffer an endless line.
+LINE_MAX = 64 * 1024
+# How long we keep reading pipes after the direct child exited: a backgrounded grandchild may hold
+# them open forever, and the run must still end.
+PIPE_GRACE_S = 1.0
+# Shutdown: after SIGKILL, how long to wait for runs to end before we stop waiting for them.
+SHUTDOWN_KILL_WAIT_S = 5.0
+# Shutdown: how long to wait for orphans to be reaped after SIGKILL.
+ORPHAN_REAP_WAIT_S = 2.0
+# Polling period of shutdown's waits; it also reaps, so shutdown works even if SIGCHLD is not wired.
+_POLL_S = 0.02
+
+ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+USER_PATH = "/usr/local/bin:/usr/bin:/bin"
+RUN_ID_VAR = "TORCH_RUN_ID"
+PR_SET_CHILD_SUBREAPER = 36
+
+_RUN_ID_NEEDLE = RUN_ID_VAR.encode() + b"="
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpec:
+    """Everything the runner needs to start one run; the scheduler builds it from a Task and a fire."""
+
+    task: str
+    run_id: str
+    command: str | tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+    workdir: str | None = None
+    user: str | None = None
+    group: str | None = None
+    timeout: float | None = None
+    kill_timeout: float = 10.0
+    output_limit: int = 65536
+    scheduled_ts: float | None = None  # epoch seconds of the scheduled boundary
+
+
+RunStatus = Literal["ok", "failed", "timeout", "killed"]
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """How a run ended. Exactly one of exit_code and signal is set, unless the spawn failed."""
+
+    status: RunStatus
+    exit_code: int | None
+    signal: str | None
+    duration_s: float
+    output_bytes: int
+    dropped_bytes: int
+    error: str | None = None
+
+
+# --- identities and environments (cached: they sit on the spawn path) -----------------------------
+
+
+def _lookup_user(user: str | None) -> pwd.struct_passwd | None:
+    """The passwd entry of `user`, or of the daemon's effective uid when None (None if it has none)."""
+    if user is None:
+        try:
+            return pwd.getpwuid(os.geteuid())
+        except KeyError:
+            # Containers often run as a uid without a passwd entry; that must not stop runs.
+            return None
+    try:
+        return pwd.getpwnam(user)
+    except KeyError:
+        if user.isdigit():
+            return pwd.getpwuid(int(user))
+        raise KeyError(f"unknown user {user!r}") from None
+
+
+def _lookup_group(group: str) -> int:
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        if group.isdigit():
+            return int(group)
+        raise KeyError(f"unknown group {group!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class _Identity:
+    """What Popen needs to run as someone: None means "keep the daemon's"."""
+
+    uid: int | None
+    gid: int | None
+    groups: tuple[int, ...] | None
+    home_cwd: str
+
+
+@lru_cache(maxsize=256)
+def _identity(user: str | None, group: str | None) -> _Identity:
+    pw = _lookup_user(user)
+    gid_wanted = _lookup_group(group) if group is not None else None
+    euid, egid = os.geteuid(), os.getegid()
+    home = pw.pw_dir if pw is not None else "/"
+    # cron starts jobs in the user's home; an account whose home is missing (nobody: /nonexistent)
+    # gets "/" rather than a failed spawn.
+    home_cwd = home if os.path.isdir(home) else "/"
+    if pw is not None and pw.pw_uid != euid:
+        run_gid = gid_wanted if gid_wanted is not None else pw.pw_gid
+        # Passing numbers, not names, keeps Popen from doing its own NSS lookups on every spawn.
+        groups = tuple(os.getgrouplist(pw.pw_name, pw.pw_gid))
+        return _Identity(pw.pw_uid, run_gid, groups, home_cwd)
+    gid = gid_wanted if gid_wanted is not None and gid_wanted != egid else None
+    return _Identity(None, gid, None, home_cwd)
+
+
+@lru_cache(maxsize=256)
+def base_env(user: str | None) -> Mapping[str, str]:
+    """The cron-like base environment of `user` (None: the daemon's user). Cached; read-only.
+
+    PATH, HOME, USER, LOGNAME and SHELL, nothing else: the daemon's own environment never leaks.
+    """
+    pw = _lookup_user(user)
+    uid = pw.pw_uid if pw is not None else os.geteuid()
+    name = pw.pw_name if pw is not None else str(uid)
+    return MappingProxyType({
+        "PATH": ROOT_PATH if uid == 0 else USER_PATH,
+        "HOME": pw.pw_dir if pw is not None and pw.pw_dir else "/",
+        "USER": name,
+        "LOGNAME": name,
+        "SHELL": pw.pw_shell if pw is not None and pw.pw_shell else "/bin/sh",
+    })
+
+
+def clear_caches() -> None:
+    """Forget cached user/group lookups, e.g. on reload, so edited accounts are picked up."""
+    _identity.cache_clear()
+    base_env.cache_clear()
+
+
+def _iso_utc(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def build_env(spec: RunSpec) -> dict[str, str]:
+    """The complete environment of a run: base of its user, then the task's env, then TORCH_*.
+
+    TORCH_* come last so a task cannot spoof the run id we use to find its escaped processes.
+    """
+    env = dict(base_env(spec.user))
+    env.update(spec.env)
+    env["TORCH_TASK"] = spec.task
+    env[RUN_ID_VAR] = spec.run_id
+    if spec.scheduled_ts is not None:
+        env["TORCH_SCHEDULED_AT"] = _iso_utc(spec.scheduled_ts)
+    else:
+        # A task env entry of that name must not masquerade as a fire time.
+        env.pop("TORCH_SCHEDULED_AT", None)
+    return env
+
+
+def set_child_subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants (prctl PR_SET_CHILD_SUBREAPER).
+
+    Without it, a double-forked grandchild is reparented to init and escapes our reaping (though
+    not our killing: we find escaped processes by their TORCH_RUN_ID). Returns True on success.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(PR_SET_CHILD_SUBREAPER, ctypes.c_ulong(1), ctypes.c_ulong(0),
+                              ctypes.c_ulong(0), ctypes.c_ulong(0))) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+# --- /proc helpers (only on the kill paths, never on spawn) ----------------------------------------
+
+
+def _proc_pids() -> list[int]:
+    try:
+        return [int(n) for n in os.listdir("/proc") if n.isdigit()]
+    except OSError:
+        return []
+
+
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, ppid, pgrp) of `pid`, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # The command name may contain spaces and parentheses; the fields start after the last ')'.
+    fields = data[data.rfind(b")") + 2:].split()
+    try:
+        return fields[0].decode(), int(fields[1]), int(fields[2])
+    except (IndexError, ValueError):
+        return None
+
+
+def _run_id_of(environ: bytes) -> str | None:
+    i = environ.find(_RUN_ID_NEEDLE)
+    while i >= 0:
+        if i == 0 or environ[i - 1] == 0:
+            start = i + len(_RUN_ID_NEEDLE)
+            end = environ.find(b"\0", start)
+            return environ[start:end if end >= 0 else len(environ)].decode("utf-8", "replace")
+        i = environ.find(_RUN_ID_NEEDLE, i + 1)
+    return None
+
+
+def _pids_by_run_id(run_ids: Iterable[str]) -> dict[str, list[int]]:
+    """Every process (but us) whose environment carries one of `run_ids` as TORCH_RUN_ID.
+
+    This is how we find processes that left their run's process group (setsid, double fork).
+    """
+    wanted = set(run_ids)
+    found: dict[str, list[int]] = {}
+    if not wanted:
+        return found
+    me = os.getpid()
+    for pid in _proc_pids():
+        if pid == me:
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read()
+        except OSError:
+            continue
+        rid = _run_id_of(environ)
+        if rid is not None and rid in wanted:
+            found.setdefault(rid, []).append(pid)
+    return found
+
+
+def _has_run_id(pid: int, run_id: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return _run_id_of(f.read()) == run_id
+    except OSError:
+        return False
+
+
+def _children_of(ppid: int) -> list[int]:
+    return [pid for pid in _proc_pids() if (st := _proc_stat(pid)) is not None and st[1] == ppid]
+
+
+def _pid_exists(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}")
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"SIG{signum}"
+
+
+# --- runs ------------------------------------------------------------------------------------------
+
+
+class _Stream:
+    """One of a run's output pipes, read non-blocking; `partial` holds an unfinished line."""
+
+    __slots__ = ("fd", "file", "name", "open", "partial")
+
+    def __init__(self, name: str, file: Any) -> None:
+        self.name = name
+        self.file = file
+        self.fd: int = file.fileno()
+        self.partial = bytearray()
+        self.open = True
+
+
+class Run:
+    """One running process tree: the direct child (a session and process group leader) and its kin.
+
+    Public attributes: `spec`, `pid` (0 if the spawn failed), `started_at` (time.time() just after
+    the spawn), `popen` (None if the spawn failed; never wait() on it, `reap()` owns exit statuses),
+    `scheduled_at` (ISO string or None), `exited` (direct child reaped), `ended`, `output_bytes`,
+    `dropped_bytes`.
+    """
+
+    __slots__ = (
+        "_exit_mono", "_grace_handle", "_log", "_start_mono", "_streams",
+        "_timeout_handle", "cause", "dropped_bytes", "ended", "exit_status", "exited",
+        "output_bytes", "pid", "popen", "scheduled_at", "spec", "started_at",
+    )
+
+    def __init__(self, spec: RunSpec, popen: subprocess.Popen[bytes] | None, pid: int,
+                 started_at: float, start_mono: float, log: Any) -> None:
+        self.spec = spec
+        self.popen = popen
+        self.pid = pid
+        self.started_at = started_at
+        self.scheduled_at = _iso_utc(spec.scheduled_ts) if spec.scheduled_ts is not None else None
+        self.exited = False
+        self.ended = False
+        self.exit_status: int | None = None  # raw wait status of the direct child
+        # Why we signalled it, if we did before it exited: decides timeout/killed over ok/failed.
+        self.cause: Literal["timeout", "killed"] | None = None
+        self.output_bytes = 0
+        self.dropped_bytes = 0
+        self._start_mono = start_mono
+        self._exit_mono: float | None = None
+        self._log = log
+        self._streams: list[_Stream] = []
+        self._timeout_handle: asyncio.TimerHandle | None = None
+        self._grace_handle: asyncio.TimerHandle | None = None
+
+    @property
+    def remaining(self) -> int:
+        """Bytes of output that may still be logged."""
+        return self.spec.output_limit - self.output_bytes
+
+    def __repr__(self) -> str:
+        return f"<Run {self.spec.task} {self.spec.run_id} pid={self.pid} exited={self.exited}>"
+
+
+@dataclass(slots=True)
+class _Escalation:
+    """A SIGKILL due after a SIGTERM, with the escaped processes that TERM found."""
+
+    run: Run
+    handle: asyncio.TimerHandle
+    escaped: list[int]
+
+
+class Runner:
+    """Starts, watches, stops and reaps runs inside one asyncio loop (single-threaded).
+
+    `on_end(run, result)` is called exactly once per run, including spawn failures; exceptions it
+    raises are logged and swallowed.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_end: Callable[[Run, RunResult], None]) -> None:
+        self._loop = loop
+        self._on_end = on_end
+        self._runs: dict[str, Run] = {}
+        self._by_pid: dict[int, Run] = {}  # only runs whose direct child is not yet reaped
+        self._counts: dict[str, int] = {}
+        # Pending SIGKILLs by run id. They outlive their run: a run may end (leader reaped) while
+        # TERM-ignoring members of its group still have to be killed.
+        self._escalations: dict[str, _Escalation] = {}
+        self._scratch = bytearray(CHUNK)  # drained output lands here: no allocation per read
+        self._closing = False
+        self._log = get_logger()
+
+    # --- queries ---
+
+    @property
+    def runs(self) -> Mapping[str, Run]:
+        """Runs that have not ended yet, by run id (a read-only live view)."""
+        return MappingProxyType(self._runs)
+
+    def running_count(self, task: str) -> int:
+        """How many runs of `task` have not ended yet."""
+        return self._counts.get(task, 0)
+
+    # --- spawning ---
+
+    def start(self, spec: RunSpec) -> Run | None:
+        """Spawn a run. Returns it, or None if it could not start (then on_end has been called)."""
+        if self._closing:
+            self._spawn_failed(spec, "runner is shutting down")
+            return None
+        if spec.run_id in self._runs:
+            self._spawn_failed(spec, f"run id {spec.run_id!r} is already running")
+            return None
+        try:
+            ident = _identity(spec.user, spec.group)
+            env = build_env(spec)
+            cmd = spec.command
+            argv = ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+            popen = subprocess.Popen(
+                argv, bufsize=0, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, close_fds=True, start_new_session=True, env=env,
+                cwd=spec.workdir or ident.home_cwd, user=ident.uid, group=ident.gid,
+                extra_groups=ident.groups,
+            )
+        except Exception as exc:  # any failure to start is a failed run, never an error in the loop
+            self._spawn_failed(spec, _describe(exc))
+            return None
+        # Popen returns after the child's exec succeeded: this is when the run really started.
+        started_at = time.time()
+        start_mono = time.monotonic()
+        run = Run(spec, popen, popen.pid, started_at, start_mono,
+                  self._log.bind(task=spec.task, run_id=spec.run_id))
+        self._runs[spec.run_id] = run
+        self._by_pid[run.pid] = run
+        self._counts[spec.task] = self._counts.get(spec.task, 0) + 1
+        try:
+            for name, file in (("stdout", popen.stdout), ("stderr", popen.stderr)):
+                stream = _Stream(name, file)
+                # The read end only: the child's write end stays blocking, as programs expect.
+                fcntl.fcntl(stream.fd, fcntl.F_SETFL, os.O_NONBLOCK)
+                self._loop.add_reader(stream.fd, self._on_readable, run, stream)
+                run._streams.append(stream)
+            if spec.timeout is not None:
+                run._timeout_handle = self._loop.call_later(spec.timeout, self._on_timeout, run)
+        except Exception as exc:
+            # The loop is closed or broken: do not leave an unwatched process behind.
+            self._log.error("run.setup_failed", task=spec.task, run_id=spec.run_id, error=_describe(exc))
+            run.cause = "killed"
+            self._send(run, signal.SIGKILL, "setup_failed", escaped=())
+            for stream in list(run._streams):
+                self._close_stream(run, stream)
+            for file in (popen.stdout, popen.stderr):
+                if file is not None:
+                    file.close()
+            return run
+        lateness = (round((started_at - spec.scheduled_ts) * 1000, 3)
+                    if spec.scheduled_ts is not None else None)
+        # Logging is deferred to the next loop turn so runs firing on the same boundary are all
+        # spawned before any of them pays for formatting a log line; it still precedes any output.
+        self._loop.call_soon(functools.partial(
+            run._log.info, "run.start", pid=run.pid, scheduled_at=run.scheduled_at, lateness_ms=lateness))
+        return run
+
+    def _spawn_failed(self, spec: RunSpec, error: str) -> None:
+        log = self._log.bind(task=spec.task, run_id=spec.run_id)
+        run = Run(spec, None, 0, time.time(), time.monotonic(), log)
+        run.exited = run.ended = True
+        result = RunResult("failed", None, None, 0.0, 0, 0, error)
+        run._log.error("run.end", pid=None, status="failed", exit_code=None, signal=None, duration_s=0.0,
+                       output_bytes=0, dropped_bytes=0, error=error)
+        self._call_on_end(run, result)
+
+    # --- output ---
+
+    def _on_readable(self, run: Run, stream: _Stream) -> None:
+        for _ in range(READS_PER_WAKEUP):
+            if not stream.open:
+                return
+            try:
+                if run.remaining > 0:
+                    data = os.read(stream.fd, CHUNK)
+                    n = len(data)
+                else:
+                    # Over budget: count and discard, without allocating per read.
+                    n = os.readv(stream.fd, [self._scratch])
+                    data = b""
+            except BlockingIOError:
+                return
+            except OSError:
+                n = 0
+            if n == 0:
+                self._close_stream(run, stream)
+                self._maybe_finish(run)
+                return
+            if data:
+                self._consume(run, stream, data)
+            else:
+                run.dropped_bytes += n
+
+    def _consume(self, run: Run, stream: _Stream, data: bytes) -> None:
+        start = 0
+        size = len(data)
+        while run.remaining > 0:
+            nl = data.find(b"\n", start)
+            if nl < 0:
+                break
+            end = nl + 1
+            if stream.partial:
+                stream.partial += data[start:end]
+                line = bytes(stream.partial)
+                stream.partial.clear()
+            else:
+                line = data[start:end]
+            start = end
+            self._emit(run, stream, line)
+        if run.remaining <= 0:
+            run.dropped_bytes += size - start
+            self._drop_partials(run)
+            return
+        if start < size:
+            stream.partial += data[start:]
+            # Never hold more of one line than could be logged (or than LINE_MAX): memory stays
+            # bounded however long the line is.
+            if len(stream.partial) >= min(run.remaining, LINE_MAX):
+                line = bytes(stream.partial)
+                stream.partial.clear()
+                self._emit(run, stream, line)
+                if run.remaining <= 0:
+                    self._drop_partials(run)
+
+    def _emit(self, run: Run, stream: _Stream, line: bytes) -> None:
+        size = len(line)
+        room = run.remaining
+        if size > room:
+            run.dropped_bytes += size - room
+            line = line[:room]
+            size = room
+        run.output_bytes += size
+        if line.endswith(b"\n"):
+            line = line[:-1]
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        run._log.info("run.output", stream=stream.name, line=line.decode("utf-8", "replace"))
+
+    def _drop_partials(self, run: Run) -> None:
+        for s in run._streams:
+            if s.partial:
+                run.dropped_bytes += len(s.partial)
+                s.partial.clear()
+
+    def _close_stream(self, run: Run, stream: _Stream) -> None:
+        if not stream.open:
+            return
+        stream.open = False
+        with contextlib.suppress(Exception):
+            self._loop.remove_reader(stream.fd)
+        if stream.partial:
+            # A final line without a newline is still a line.
+            line = bytes(stream.partial)
+            stream.partial.clear()
+            if run.remaining > 0:
+                self._emit(run, stream, line)
+            else:
+                run.dropped_bytes += len(line)
+        with contextlib.suppress(OSError):
+            stream.file.close()
+
+    # --- exits ---
+
+    def reap(self) -> None:
+        """Collect every exited child (runs and reparented orphans). Call it on SIGCHLD.
+
+        Never blocks; safe to call at any time and as often as wanted.
+        """
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            except InterruptedError:
+                continue
+            if pid == 0:
+                return
+            run = self._by_pid.pop(pid, None)
+            if run is None:
+                self._log.debug("runner.orphan_reaped", pid=pid, status=status)
+                continue
+            self._on_exit(run, status)
+
+    def _on_exit(self, run: Run, status: int) -> None:
+        run.exited = True
+        run.exit_status = status
+        run._exit_mono = time.monotonic()
+        if run.popen is not None:
+            # Popen must never wait for this pid itself: once reaped, the number may be reused.
+            run.popen.returncode = os.waitstatus_to_exitcode(status)
+        if run._timeout_handle is not None:
+            run._timeout_handle.cancel()
+            run._timeout_handle = None
+        if any(s.open for s in run._streams):
+            run._grace_handle = self._loop.call_later(PIPE_GRACE_S, self._pipe_grace_over, run)
+        else:
+            self._finish(run)
+
+    def _pipe_grace_over(self, run: Run) -> None:
+        run._grace_handle = None
+        for stream in run._streams:
+            if stream.open:
+                self._on_readable(run, stream)  # what is already in the pipe is still logged
+                self._close_stream(run, stream)
+        self._maybe_finish(run)
+
+    def _maybe_finish(self, run: Run) -> None:
+        if run.exited and not run.ended and not any(s.open for s in run._streams):
+            self._finish(run)
+
+    def _finish(self, run: Run, error: str | None = None) -> None:
+        if run.ended:
+            return
+        run.ended = True
+        for handle in (run._timeout_handle, run._grace_handle):
+            if handle is not None:
+                handle.cancel()
+        run._timeout_handle = run._grace_handle = None
+        for stream in run._streams:
+            self._close_stream(run, stream)
+        self._runs.pop(run.spec.run_id, None)
+        left = self._counts.get(run.spec.task, 0) - 1
+        if left > 0:
+            self._counts[run.spec.task] = left
+        else:
+            self._counts.pop(run.spec.task, None)
+
+        exit_code: int | None = None
+        sig: str | None = None
+        if run.exit_status is not None:
+            code = os.waitstatus_to_exitcode(run.exit_status)
+            if code >= 0:
+                exit_code = code
+            else:
+                sig = _signal_name(-code)
+        status: RunStatus
+        if run.cause is not None:
+            status = run.cause
+        elif exit_code == 0:
+            status = "ok"
+        else:
+            status = "failed"  # non-zero exit, or a signal we did not send (OOM killer, ...)
+        end_mono = run._exit_mono if run._exit_mono is not None else time.monotonic()
+        duration = round(end_mono - run._start_mono, 3)
+        result = RunResult(status, exit_code, sig, duration, run.output_bytes, run.dropped_bytes, error)
+        fields: dict[str, Any] = {
+            "pid": run.pid, "status": status, "exit_code": exit_code, "signal": sig,
+            "duration_s": duration, "output_bytes": run.output_bytes, "dropped_bytes": run.dropped_bytes,
+        }
+        if error is not None:
+            fields["error"] = error
+        if run.spec.run_id in self._escalations:
+            self._drop_needless_escalation(run)
+        if status in ("ok", "killed"):
+            run._log.info("run.end", **fields)
+        else:
+            run._log.warning("run.end", **fields)
+        self._call_on_end(run, result)
+
+    def _call_on_end(self, run: Run, result: RunResult) -> None:
+        try:
+            self._on_end(run, result)
+        except Exception:
+            self._log.exception("runner.on_end_failed", task=run.spec.task, run_id=run.spec.run_id)
+
+    # --- stopping ---
+
+    def _on_timeout(self, run: Run) -> None:
+        run._timeout_handle = None
+        if run.exited or run.ended:
+            return
+        if run.cause is None:
+            run.cause = "timeout"
+        run._log.warning("run.timeout", pid=run.pid, timeout_s=run.spec.timeout)
+        self._term_then_kill(run, run.spec.kill_timeout, "timeout")
+
+    def terminate(self, run: Run) -> None:
+        """SIGTERM the run's process group and escaped processes; SIGKILL after its kill_timeout.
+
+        The run ends with status `killed` unless it had already exited (or timed out) before.
+        """
+        if run.ended and run.spec.run_id not in self._escalations:
+            return
+        if not run.exited and run.cause is None:
+            run.cause = "killed"
+        self._term_then_kill(run, run.spec.kill_timeout, "terminate")
+
+    def kill_now(self, run: Run) -> None:
+        """SIGKILL the run's process group and escaped processes at once (e.g. a second SIGTERM)."""
+        pending = self._escalations.pop(run.spec.run_id, None)
+        if pending is not None:
+            pending.handle.cancel()
+        elif run.ended:
+            return
+        if not run.exited and run.cause is None:
+            run.cause = "killed"
+        self._send(run, signal.SIGKILL, "kill")
+
+    def _term_then_kill(self, run: Run, grace: float, reason: str) -> None:
+        if run.spec.run_id in self._escalations:
+            return  # a TERM is already counting down to its KILL; do not restart the clock
+        escaped = self._send(run, signal.SIGTERM, reason)
+        handle = self._loop.call_later(grace, self._escalate, run, reason)
+        self._escalations[run.spec.run_id] = _Escalation(run, handle, escaped)
+
+    def _escalate(self, run: Run, reason: str) -> None:
+        pending = self._escalations.pop(run.spec.run_id, None)
+        # Only the escapees found at TERM time are re-checked, not all of /proc again: the full
+        # scan costs ~7 us per process on the loop thread, and a KILL may fall on a fire boundary.
+        known = pending.escaped if pending is not None else []
+        self._send(run, signal.SIGKILL, reason, [p for p in known if _has_run_id(p, run.spec.run_id)])
+
+    def _drop_needless_escalation(self, run: Run) -> None:
+        """Forget a pending SIGKILL once nothing of the run is left to kill."""
+        pending = self._escalations.get(run.spec.run_id)
+        if pending is None or _pid_exists(run.pid):
+            return  # if the leader's pid exists again it is someone else's: we cannot tell, keep it
+        try:
+            os.killpg(run.pid, 0)
+            return
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            return
+        if any(_has_run_id(p, run.spec.run_id) for p in pending.escaped):
+            return
+        pending.handle.cancel()
+        del self._escalations[run.spec.run_id]
+
+    def _send(self, run: Run, sig: signal.Signals, reason: str,
+              escaped: Iterable[int] | None = None) -> list[int]:
+        """Signal the run's process group, plus every process carrying its run id outside the group.
+
+        `escaped` short-cuts the /proc scan when the caller scanned for many runs at once.
+        """
+        # The group id is the leader's pid. While the leader is unreaped (even a zombie) the number
+        # is ours. Once reaped, it stays reserved as long as any group member lives; it can only be
+        # reused once the group is empty, and then by a new process with exactly that pid. So: if
+        # the leader is reaped and its pid exists again, the group is someone else's.
+        group_ok = not run.exited or not _pid_exists(run.pid)
+        group_hit = False
+        if group_ok:
+            try:
+                os.killpg(run.pid, sig)
+                group_hit = True
+                if sig == signal.SIGTERM:
+                    # A stopped process would not act on TERM until continued.
+                    os.killpg(run.pid, signal.SIGCONT)
+            except (ProcessLookupError, PermissionError):
+                pass
+        pids = list(escaped) if escaped is not None else _pids_by_run_id((run.spec.run_id,)).get(
+            run.spec.run_id, [])
+        outside: list[int] = []
+        for pid in pids:
+            st = _proc_stat(pid)
+            if st is None or (group_ok and st[2] == run.pid):
+                continue  # gone, or already signalled with its group
+            outside.append(pid)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+                if sig == signal.SIGTERM:
+                    os.kill(pid, signal.SIGCONT)
+        # A KILL that found nothing left (the usual end of a TERM that worked) is not news.
+        emit = run._log.info if group_hit or outside else run._log.debug
+        emit("run.signal", pid=run.pid, signal=sig.name, reason=reason, group=group_hit, escaped=outside)
+        return outside
+
+    async def shutdown(self, stop_timeout: float) -> None:
+        """Stop everything: TERM all runs (and orphans), KILL what is left after `stop_timeout`.
+
+        Returns once every run has ended (each logged and reported through on_end) and every child
+        of this process has been reaped, or after bounded waits if something refuses to die.
+        """
+        self._closing = True
+        self.reap()
+        runs = list(self._runs.values())
+        for run in runs:
+            if not run.exited and run.cause is None:
+                run.cause = "killed"
+            if run._timeout_handle is not None:
+                run._timeout_handle.cancel()
+                run._timeout_handle = None
+        escaped = _pids_by_run_id(r.spec.run_id for r in runs)
+        for run in runs:
+            self._send(run, signal.SIGTERM, "shutdown", escaped.get(run.spec.run_id, []))
+        self._signal_orphans(signal.SIGTERM)
+        await self._wait_until(lambda: not self._runs, stop_timeout)
+
+        # What is still here refused TERM: KILL it, and every pending escalation, now.
+        runs = list(self._runs.values())
+        pending = list(self._escalations.values())
+        self._escalations.clear()
+        for p in pending:
+            p.handle.cancel()
+        targets = {r.spec.run_id: r for r in [*runs, *(p.run for p in pending)]}
+        escaped = _pids_by_run_id(targets)
+        for run in targets.values():
+            self._send(run, signal.SIGKILL, "shutdown", escaped.get(run.spec.run_id, []))
+        await self._wait_until(lambda: not self._runs, SHUTDOWN_KILL_WAIT_S + PIPE_GRACE_S)
+        for run in list(self._runs.values()):
+            # Unkillable (e.g. stuck in uninterruptible sleep): report it rather than hang forever.
+            if run.popen is not None and run.popen.returncode is None:
+                run.popen.returncode = -signal.SIGKILL
+            self._by_pid.pop(run.pid, None)
+            self._finish(run, error="did not exit after SIGKILL")
+
+        # Orphans (reparented to us, the subreaper) belong to no run: nothing may outlive us.
+        self._signal_orphans(signal.SIGKILL)
+        await self._wait_until(lambda: not _children_of(os.getpid()), ORPHAN_REAP_WAIT_S)
+        left = _children_of(os.getpid())
+        if left:
+            self._log.warning("runner.children_left", pids=left)
+
+    def _signal_orphans(self, sig: signal.Signals) -> None:
+        orphans = [pid for pid in _children_of(os.getpid()) if pid not in self._by_pid]
+        for pid in orphans:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        if orphans:
+            self._log.info("runner.orphans_signalled", signal=sig.name, pids=orphans)
+
+    async def _wait_until(self, done: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            self.reap()
+            if done() or time.monotonic() >= deadline:
+                return
+            await asyncio.sleep(_POLL_S)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,497 @@
+"""When tasks fire: the fire queue (pure, clock injected) and the one event loop that acts on it.
+
+`FireQueue` holds every cron task's next fire in a heap and, given the wall and monotonic time of a
+wake-up, says what to do: fire, count as missed, or report a clock jump. It reads no clock, so the
+rules below are unit-tested with a fake one:
+
+* Each (task, scheduled second) fires at most once: a task's next fire is always computed strictly
+  after the last second it fired (the one exception is below).
+* A fire up to `ON_TIME` seconds late is on time. After a late wake-up (suspend, stall, clock stepped
+  forward) a task fires once for the whole missed window if its most recent missed fire is within
+  its `misfire_grace` (0 = never catch up); every other fire of the window is reported as missed.
+  One run per task per wake-up: an on-time fire also stands for the fires missed before it.
+* Clock stepped backward (wall time moved less than monotonic time): up to `BACKWARD_LIMIT`, tasks
+  that fire at least hourly keep firing on the new clock (so, like cronie, they may repeat instants);
+  less frequent tasks wait for their next instant that was not fired yet. Beyond that it is a clock
+  correction: every task is recomputed from the new time.
+
+`Scheduler` is the imperative shell: it owns the asyncio loop's state (queue, runner, daemon-task
+copies, current config), wakes on every second boundary, and turns decisions into runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import math
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from gotorch.config import Task
+from gotorch.log import get_logger
+from gotorch.plan import Plan, diff
+from gotorch.runner import Run, Runner, RunResult, RunSpec
+from gotorch.schedule import next_fire_ts, repeats_at_least_hourly
+
+ON_TIME = 1.0
+BACKWARD_LIMIT = 3 * 3600
+# Counting missed fires walks the schedule; a */1 task after a week of suspend would walk 600k fires.
+MISSED_COUNT_CAP = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class FireNow:
+    """Start `task` for the fire at `scheduled` (epoch seconds); `caught_up` if it is a late catch-up."""
+
+    task: Task
+    scheduled: int
+    caught_up: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Missed:
+    """`count` fires of `task` from `first` to `last` (epoch seconds) were not run.
+
+    `exact` is False when counting stopped at MISSED_COUNT_CAP.
+    """
+
+    task: str
+    first: int
+    last: int
+    count: int
+    reason: Literal["beyond_grace", "coalesced"]
+    exact: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ClockJump:
+    """The wall clock moved `seconds` more (forward) or less (backward) than the monotonic clock."""
+
+    direction: Literal["forward", "backward"]
+    seconds: float
+    action: Literal["catch_up", "keep_firing", "recompute"]
+
+
+Action = FireNow | Missed | ClockJump
+
+
+class FireQueue:
+    """Next fires of the scheduled tasks, in a heap keyed by epoch second. No clock reads."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, str]] = []  # (fire second, version, task name)
+        self._tasks: dict[str, Task] = {}
+        self._version: dict[str, int] = {}
+        self._last_fired: dict[str, int] = {}
+        self._next: dict[str, int] = {}
+        self._seq = 0
+        self._last_wall: float | None = None
+        self._last_mono: float | None = None
+
+    # -- configuration ---------------------------------------------------------------------------
+
+    def set_tasks(self, tasks: Iterable[Task], wall: float) -> None:
+        """Schedule exactly `tasks` (cron tasks with a timed schedule), keeping unchanged ones as they are.
+
+        New and changed tasks get their first fire strictly after the current second and after
+        the last second they fired, so a reload never fires anything twice.
+        """
+        now = math.floor(wall)
+        wanted = {t.name: t for t in tasks if t.schedule is not None and t.schedule.kind != "reboot"}
+        for name in list(self._tasks):
+            if name not in wanted:
+                self._drop(name)
+        for name, task in wanted.items():
+            if self._tasks.get(name) == task:
+                self._tasks[name] = task  # same definition; keep schedule state (line may differ)
+                continue
+            self._tasks[name] = task
+            self._push(task, max(now, self._last_fired.get(name, now)))
+
+    def tasks(self) -> dict[str, Task]:
+        """The scheduled tasks by name."""
+        return dict(self._tasks)
+
+    def next_fire(self, name: str) -> int | None:
+        """The next fire second of task `name`, if scheduled."""
+        return self._next.get(name)
+
+    def next_due(self) -> int | None:
+        """The earliest pending fire second, or None if nothing is scheduled."""
+        while self._heap and not self._current(self._heap[0]):
+            heapq.heappop(self._heap)
+        return self._heap[0][0] if self._heap else None
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    # -- the decision ----------------------------------------------------------------------------
+
+    def tick(self, wall: float, mono: float) -> list[Action]:
+        """Everything due at wall time `wall` (with monotonic reading `mono`), in order of scheduled second."""
+        actions: list[Action] = []
+        if self._last_wall is not None and self._last_mono is not None:
+            skew = (wall - self._last_wall) - (mono - self._last_mono)
+            if skew < -ON_TIME:
+                actions.append(self._jumped_back(-skew, wall))
+            elif skew > ON_TIME:
+                actions.append(ClockJump("forward", skew, "catch_up"))
+        self._last_wall, self._last_mono = wall, mono
+
+        now = math.floor(wall)
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            if not self._current(entry):
+                continue
+            self._due(self._tasks[entry[2]], entry[0], wall, actions)
+        return actions
+
+    def _due(self, task: Task, first: int, wall: float, actions: list[Action]) -> None:
+        assert task.schedule is not None
+        sched, tz, now = task.schedule, task.tz, math.floor(wall)
+        on_time: list[int] = []
+        late_first = late_prev = late_last = -1
+        late_count, exact = 0, True
+        fire: int | None = first
+        last = first
+        while fire is not None and fire <= now:
+            if wall - fire <= ON_TIME:
+                on_time.append(fire)
+            else:
+                if late_count == 0:
+                    late_first = fire
+                late_prev, late_last = late_last, fire
+                late_count += 1
+                if late_count == MISSED_COUNT_CAP and exact:
+                    # Stop counting one by one; only the fires near now matter for the catch-up.
+                    exact = False
+                    skip_to = next_fire_ts(sched, tz, now - math.ceil(task.misfire_grace) - 2 * int(ON_TIME) - 1)
+                    if skip_to is not None and skip_to > fire:
+                        last, fire = fire, skip_to
+                        continue
+            last = fire
+            fire = next_fire_ts(sched, tz, fire)
+        for f in on_time:
+            actions.append(FireNow(task, f))
+        if late_count:
+            if on_time:
+                actions.append(Missed(task.name, late_first, late_last, late_count, "coalesced", exact))
+            elif task.misfire_grace > 0 and wall - late_last <= task.misfire_grace:
+                actions.append(FireNow(task, late_last, caught_up=True))
+                if late_count > 1:
+                    actions.append(Missed(task.name, late_first, late_prev, late_count - 1, "coalesced", exact))
+            else:
+                actions.append(Missed(task.name, late_first, late_last, late_count, "beyond_grace", exact))
+        self._fired(task, last, fire)
+
+    def _jumped_back(self, seconds: float, wall: float) -> ClockJump:
+        now = math.floor(wall)
+        if seconds > BACKWARD_LIMIT:
+            for task in self._tasks.values():
+                self._last_fired.pop(task.name, None)
+                self._push(task, now)
+            return ClockJump("backward", seconds, "recompute")
+        for task in self._tasks.values():
+            if task.schedule is not None and repeats_at_least_hourly(task.schedule):
+                self._push(task, now)
+        return ClockJump("backward", seconds, "keep_firing")
+
+    # -- heap bookkeeping --------------------------------------------------------------------------
+
+    def _fired(self, task: Task, second: int, nxt: int | None) -> None:
+        self._last_fired[task.name] = second
+        self._set_next(task.name, nxt)
+
+    def _push(self, task: Task, after: int) -> None:
+        assert task.schedule is not None
+        self._version[task.name] = self._version.get(task.name, 0) + 1
+        self._set_next(task.name, next_fire_ts(task.schedule, task.tz, after))
+
+    def _set_next(self, name: str, nxt: int | None) -> None:
+        if nxt is None:
+            self._next.pop(name, None)
+            return
+        self._next[name] = nxt
+        heapq.heappush(self._heap, (nxt, self._version.setdefault(name, 1), name))
+
+    def _current(self, entry: tuple[int, int, str]) -> bool:
+        ts, version, name = entry
+        return self._version.get(name) == version and self._next.get(name) == ts and name in self._tasks
+
+    def _drop(self, name: str) -> None:
+        self._tasks.pop(name, None)
+        self._next.pop(name, None)
+        self._version[name] = self._version.get(name, 0) + 1
+        # _last_fired is kept: a task removed and re-added must not fire a second it already fired.
+
+
+@dataclass
+class Backoff:
+    """Restart delay for a daemon-type task's copy: 1 s doubling to 60 s, reset after 60 s of uptime."""
+
+    initial: float = 1.0
+    maximum: float = 60.0
+    reset_after: float = 60.0
+    current: float = 0.0
+
+    def after_exit(self, uptime: float) -> float:
+        """The delay before restarting a copy that ran for `uptime` seconds."""
+        if uptime >= self.reset_after or self.current == 0.0:
+            self.current = self.initial
+        else:
+            self.current = min(self.current * 2, self.maximum)
+        return self.current
+
+
+def jitter_delay(task: Task, rng: random.Random) -> float:
+    """A random start delay in [0, task.jitter] seconds."""
+    return rng.uniform(0.0, task.jitter) if task.jitter > 0 else 0.0
+
+
+# --- the imperative shell -------------------------------------------------------------------------
+
+# Wake this much before a boundary and finish with a precise sleep: asyncio's timers round to the
+# millisecond and may fire late by that much, which would be most of our lateness budget.
+EARLY_WAKE = 0.002
+
+
+@dataclass
+class TaskState:
+    """What the loop knows about one task beyond its definition (for status and daemon restarts)."""
+
+    task: Task
+    matched_ip: str | None = None
+    pending: int = 0  # fires waiting out their jitter; they count against max_instances
+    last_status: str | None = None
+    last_end: float | None = None
+    last_scheduled: int | None = None
+    backoff: Backoff | None = None
+    restarts: int = 0
+
+
+class Scheduler:
+    """Owns all mutable daemon state inside one asyncio loop: the queue, the runs, the config.
+
+    Everything that changes state runs as a callback of that loop. Signal handlers and other threads
+    only post to it (`loop.add_signal_handler`, `call_soon_threadsafe`).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, state_dir: Path, stop_timeout: float = 10.0,
+                 rng: random.Random | None = None) -> None:
+        self.loop = loop
+        self.state_dir = state_dir
+        self.stop_timeout = stop_timeout
+        self.rng = rng or random.Random()
+        self.log = get_logger()
+        self.queue = FireQueue()
+        self.runner = Runner(loop, self._on_run_end)
+        self.states: dict[str, TaskState] = {}
+        self.stopping = False
+        self.started_at = time.time()
+        self._timer: asyncio.TimerHandle | None = None
+        self._handles: dict[str, set[asyncio.TimerHandle]] = {}
+        self._seq = itertools.count(1)
+        self._done = loop.create_future()
+
+    # -- configuration -----------------------------------------------------------------------------
+
+    def apply(self, tasks: dict[str, tuple[Task, str | None]], *, at_start: bool = False) -> Plan:
+        """Make `tasks` (name -> (task, matched local address)) the running set; return what changed.
+
+        Unchanged tasks keep their state and runs. Removed or changed cron tasks fire no more under
+        their old definition, but runs already going finish. Removed and changed daemon tasks are
+        stopped (TERM, then KILL); changed ones start again with the new definition.
+        """
+        old = {n: s.task for n, s in self.states.items()}
+        new = {n: t for n, (t, _) in tasks.items()}
+        plan = diff(old, new)
+        wall = time.time()
+        for name in plan.removed:
+            self._retire(name)
+        for name in plan.changed:
+            if old[name].type == "daemon":
+                self._retire(name)
+            else:
+                self._cancel_handles(name)
+        for name, (task, ip) in tasks.items():
+            st = self.states.get(name)
+            if st is None or name not in plan.unchanged:
+                keep = st if st is not None and name in plan.changed and old[name].type == "cron" else None
+                self.states[name] = TaskState(task, ip, pending=keep.pending if keep else 0,
+                                              last_status=keep.last_status if keep else None,
+                                              last_end=keep.last_end if keep else None,
+                                              last_scheduled=keep.last_scheduled if keep else None)
+            else:
+                st.task, st.matched_ip = task, ip
+        self.queue.set_tasks((t for t, _ in tasks.values() if t.type == "cron"), wall)
+        for name in (*plan.added, *plan.changed):
+            task = tasks[name][0]
+            if task.type == "daemon":
+                self.states[name].backoff = Backoff()
+                for _ in range(task.max_instances - self.runner.running_count(name)):
+                    self._start(task, None)
+        if at_start:
+            now = math.floor(wall)
+            for task, _ in tasks.values():
+                if task.schedule is not None and task.schedule.kind == "reboot":
+                    self._fire(FireNow(task, now))
+        return plan
+
+    def _retire(self, name: str) -> None:
+        st = self.states.pop(name, None)
+        self._cancel_handles(name)
+        if st is not None and st.task.type == "daemon":
+            for run in [r for r in self.runner.runs.values() if r.spec.task == name]:
+                self.runner.terminate(run)
+
+    def _cancel_handles(self, name: str) -> None:
+        for h in self._handles.pop(name, set()):
+            h.cancel()
+        st = self.states.get(name)
+        if st is not None:
+            st.pending = 0
+
+    # -- time --------------------------------------------------------------------------------------
+
+    def arm(self) -> None:
+        """Schedule the next wake-up at the coming second boundary."""
+        if self.stopping:
+            return
+        wall = time.time()
+        target = math.floor(wall) + 1
+        self._timer = self.loop.call_later(max(0.0, target - wall - EARLY_WAKE), self._on_timer, target)
+
+    def _on_timer(self, target: int) -> None:
+        remaining = target - time.time()
+        if 0 < remaining <= 2 * EARLY_WAKE:
+            time.sleep(remaining)
+        self.tick()
+        self.arm()
+
+    def tick(self) -> None:
+        """Fire everything due now. Starts go first; logging and bookkeeping after."""
+        actions = self.queue.tick(time.time(), time.monotonic())
+        for a in actions:
+            if isinstance(a, FireNow):
+                self._fire(a)
+        for a in actions:
+            if isinstance(a, Missed):
+                self.log.warning("missed", task=a.task, first=_iso(a.first), last=_iso(a.last), count=a.count,
+                                 reason=a.reason, exact=a.exact)
+            elif isinstance(a, ClockJump):
+                self.log.warning("clock.jump", direction=a.direction, seconds=round(a.seconds, 3), action=a.action)
+
+    # -- runs --------------------------------------------------------------------------------------
+
+    def _fire(self, fire: FireNow) -> None:
+        task = fire.task
+        st = self.states.get(task.name)
+        if st is None:
+            return
+        busy = self.runner.running_count(task.name) + st.pending
+        if busy >= task.max_instances:
+            self.log.info("skipped", task=task.name, scheduled_at=_iso(fire.scheduled), reason="max_instances",
+                          running=busy, max_instances=task.max_instances)
+            return
+        if fire.caught_up:
+            self.log.info("caught_up", task=task.name, scheduled_at=_iso(fire.scheduled),
+                          late_s=round(time.time() - fire.scheduled, 3))
+        delay = jitter_delay(task, self.rng)
+        if delay > 0:
+            st.pending += 1
+            self.log.info("jitter", task=task.name, scheduled_at=_iso(fire.scheduled), delay_s=round(delay, 3))
+            handle: asyncio.TimerHandle = self.loop.call_later(delay, self._after_jitter, task, fire.scheduled)
+            self._handles.setdefault(task.name, set()).add(handle)
+            return
+        self._start(task, fire.scheduled)
+
+    def _after_jitter(self, task: Task, scheduled: int) -> None:
+        st = self.states.get(task.name)
+        if st is None or st.task != task or self.stopping:
+            return
+        st.pending -= 1
+        self._handles[task.name] = {h for h in self._handles.get(task.name, set()) if not h.cancelled()
+                                    and h.when() > self.loop.time()}
+        self._start(task, scheduled)
+
+    def _start(self, task: Task, scheduled: int | None) -> None:
+        run_id = f"{int(time.time()):x}-{next(self._seq):x}"
+        spec = RunSpec(
+            task=task.name, run_id=run_id, command=task.command,
+            env=(*task.env, ("TORCH_STATE_DIR", str(self.state_dir))),
+            workdir=task.workdir, user=task.user, group=task.group, timeout=task.timeout,
+            kill_timeout=task.kill_timeout, output_limit=task.output_limit,
+            scheduled_ts=float(scheduled) if scheduled is not None else None,
+        )
+        if scheduled is not None:
+            st = self.states.get(task.name)
+            if st is not None:
+                st.last_scheduled = scheduled
+        self.runner.start(spec)
+
+    def _on_run_end(self, run: Run, result: RunResult) -> None:
+        name = run.spec.task
+        st = self.states.get(name)
+        if st is None:
+            return
+        st.last_status, st.last_end = result.status, time.time()
+        task = st.task
+        if task.type != "daemon" or self.stopping or st.backoff is None:
+            return
+        if self.runner.running_count(name) + st.pending >= task.max_instances:
+            return
+        uptime = time.time() - run.started_at
+        delay = st.backoff.after_exit(uptime)
+        st.restarts += 1
+        st.pending += 1
+        self.log.warning("daemon.restart", task=name, after_s=delay, uptime_s=round(uptime, 3),
+                         exit_status=result.status, exit_code=result.exit_code, signal=result.signal)
+        handle = self.loop.call_later(delay, self._restart, task)
+        self._handles.setdefault(name, set()).add(handle)
+
+    def _restart(self, task: Task) -> None:
+        st = self.states.get(task.name)
+        if st is None or st.task != task or self.stopping:
+            return
+        st.pending -= 1
+        self._start(task, None)
+
+    # -- stopping ----------------------------------------------------------------------------------
+
+    def request_stop(self, signame: str) -> None:
+        """SIGTERM/SIGINT: stop firing and shut down; a second request kills what is left at once."""
+        if self.stopping:
+            self.log.warning("stop.forced", signal=signame)
+            for run in list(self.runner.runs.values()):
+                self.runner.kill_now(run)
+            return
+        self.stopping = True
+        self.log.info("stop.requested", signal=signame, running=len(self.runner.runs))
+        if self._timer is not None:
+            self._timer.cancel()
+        for name in list(self._handles):
+            self._cancel_handles(name)
+        task = self.loop.create_task(self._shutdown())
+        task.add_done_callback(lambda _t: None)
+
+    async def _shutdown(self) -> None:
+        try:
+            await self.runner.shutdown(self.stop_timeout)
+        finally:
+            if not self._done.done():
+                self._done.set_result(None)
+
+    async def wait_stopped(self) -> None:
+        """Return once a stop was requested and every run has ended."""
+        await self._done
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

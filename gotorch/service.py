@@ -1,0 +1,238 @@
+"""The running daemon's body: one asyncio loop, the scheduler in it, and everything that feeds it events.
+
+Signals (`loop.add_signal_handler`, which only writes a wake-up byte in the real handler), the file
+watcher thread and the control socket only post events to the loop; the loop does the work:
+
+    SIGTERM/SIGINT -> stop      SIGUSR2 / file change -> reload      SIGHUP -> reopen the log
+    SIGCHLD -> reap
+
+A reload parses the file in a worker thread, so a big file never stalls firing, then applies the
+result inside the loop. A file that fails to validate changes nothing: the old config keeps running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gotorch import log as logmod
+from gotorch.config import Config, ConfigInvalid, Task, load_config
+from gotorch.hosts import IPAddress, host_addresses, local_timezone, match
+from gotorch.runner import set_child_subreaper
+from gotorch.scheduler import Scheduler
+
+
+@dataclass
+class Generation:
+    """One applied config: its number (1 = the config loaded at start), hash and what it changed."""
+
+    number: int
+    digest: str
+    applied_at: float
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+
+
+@dataclass
+class ReloadResult:
+    """The outcome of the last reload attempt, for status and `torch reload`."""
+
+    ok: bool
+    at: float
+    trigger: str
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+
+def applicable(config: Config, addresses: list[IPAddress]) -> tuple[dict[str, tuple[Task, str | None]], list[str]]:
+    """Tasks of `config` that run on a host with `addresses` (enabled, allow-list matched), and the rest."""
+    here: dict[str, tuple[Task, str | None]] = {}
+    skipped: list[str] = []
+    for t in config.tasks:
+        m = match(t.ips, addresses)
+        if t.enabled and m.applies:
+            here[t.name] = (t, str(m.address) if m.address is not None else None)
+        else:
+            skipped.append(t.name)
+    return here, skipped
+
+
+class Service:
+    """Wires the Scheduler to signals, reloads and the status file, inside one event loop."""
+
+    def __init__(self, config_path: Path, config: Config, *, state_dir: Path, addresses: list[IPAddress],
+                 stop_timeout: float = 10.0, on_ready: Callable[[], None] | None = None,
+                 notify: Callable[[str], None] | None = None) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.state_dir = state_dir
+        self.addresses = addresses
+        self.stop_timeout = stop_timeout
+        self.on_ready = on_ready
+        self.notify = notify or (lambda _msg: None)
+        self.log = logmod.get_logger()
+        self.generation = Generation(1, config.digest, time.time())
+        self.last_reload: ReloadResult | None = None
+        self._reloading = False
+        self._reload_again = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.scheduler: Scheduler | None = None
+        self.status_path = state_dir / "status.json"
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT and every run has ended; return the exit code (0)."""
+        loop = asyncio.get_running_loop()
+        self.loop = loop
+        subreaper = set_child_subreaper()
+        sched = Scheduler(loop, state_dir=self.state_dir, stop_timeout=self.stop_timeout)
+        self.scheduler = sched
+        loop.add_signal_handler(signal.SIGCHLD, sched.runner.reap)
+        loop.add_signal_handler(signal.SIGTERM, sched.request_stop, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, sched.request_stop, "SIGINT")
+        loop.add_signal_handler(signal.SIGUSR2, self.request_reload, "SIGUSR2")
+        loop.add_signal_handler(signal.SIGHUP, self._reopen_log)
+        here, skipped = applicable(self.config, self.addresses)
+        self.log.info("daemon.start", pid=os.getpid(), config=str(self.config_path), hash=self.config.short_hash,
+                      generation=1, subreaper=subreaper, host_ips=[str(a) for a in self.addresses],
+                      tasks_here=len(here), tasks_elsewhere=len(skipped))
+        for name, (t, ip) in here.items():
+            self.log.info("task.applies", task=name, type=t.type, matched_ip=ip or "all hosts",
+                          schedule=t.schedule.text if t.schedule else None)
+        for name in skipped:
+            self.log.info("task.not_here", task=name)
+        sched.apply(here, at_start=True)
+        sched.arm()
+        self.write_status()
+        if self.on_ready is not None:
+            self.on_ready()
+        self.notify(f"READY=1\nSTATUS={self._status_line()}")
+        await sched.wait_stopped()
+        self.notify("STOPPING=1")
+        self.log.info("daemon.stop", pid=os.getpid())
+        return 0
+
+    def _reopen_log(self) -> None:
+        logmod.reopen()
+        self.log.info("log.reopened")
+
+    # -- reload ------------------------------------------------------------------------------------
+
+    def request_reload(self, trigger: str) -> None:
+        """Ask for a reload (from a signal, the file watcher or the control socket). Coalesces bursts."""
+        if self.scheduler is None or self.scheduler.stopping:
+            return
+        if self._reloading:
+            self._reload_again = True
+            return
+        self._reloading = True
+        assert self.loop is not None
+        self.notify("RELOADING=1")
+        self.loop.create_task(self._reload(trigger))
+
+    async def _reload(self, trigger: str) -> None:
+        assert self.loop is not None and self.scheduler is not None
+        try:
+            tz = local_timezone().key
+            # Parsing a big file takes a while: do it off the loop so firing never waits for it.
+            config = await self.loop.run_in_executor(None, lambda: load_config(self.config_path, default_timezone=tz))
+        except ConfigInvalid as exc:
+            self.last_reload = ReloadResult(False, time.time(), trigger, [e.as_dict() for e in exc.errors])
+            self.log.error("reload.failed", trigger=trigger, generation=self.generation.number,
+                           errors=[str(e) for e in exc.errors])
+        except Exception as exc:  # never let a reload bug take the daemon down
+            self.last_reload = ReloadResult(False, time.time(), trigger, [{"message": repr(exc)}])
+            self.log.exception("reload.failed", trigger=trigger, generation=self.generation.number)
+        else:
+            if self.scheduler.stopping:
+                return
+            if config.digest == self.config.digest and trigger == "file":
+                self.log.debug("reload.unchanged", trigger=trigger)
+            here, _ = applicable(config, self.addresses)
+            plan = self.scheduler.apply(here)
+            self.config = config
+            self.generation = Generation(self.generation.number + 1, config.digest, time.time(),
+                                         plan.added, plan.removed, plan.changed)
+            self.last_reload = ReloadResult(True, time.time(), trigger)
+            self.log.info("reload.applied", trigger=trigger, generation=self.generation.number,
+                          hash=config.short_hash, added=list(plan.added), removed=list(plan.removed),
+                          changed=list(plan.changed), tasks_here=len(here))
+        finally:
+            self._reloading = False
+            self.write_status()
+            self.notify(f"READY=1\nSTATUS={self._status_line()}")
+            if self._reload_again:
+                self._reload_again = False
+                self.request_reload(trigger)
+
+    # -- status ------------------------------------------------------------------------------------
+
+    def _status_line(self) -> str:
+        n = len(self.scheduler.states) if self.scheduler else 0
+        return f"generation {self.generation.number}, {n} tasks here, hash {self.generation.digest[:12]}"
+
+    def status(self) -> dict[str, Any]:
+        """What `torch status --json` shows about the running daemon."""
+        sched = self.scheduler
+        tasks = []
+        if sched is not None:
+            for name, st in sorted(sched.states.items()):
+                nxt = sched.queue.next_fire(name)
+                tasks.append({
+                    "name": name, "type": st.task.type,
+                    "schedule": st.task.schedule.text if st.task.schedule else None,
+                    "matched_ip": st.matched_ip,
+                    "running": sched.runner.running_count(name),
+                    "last_status": st.last_status, "last_end": _iso(st.last_end),
+                    "next_fire": _iso(nxt),
+                    "restarts": st.restarts,
+                })
+        g = self.generation
+        return {
+            "running": True, "pid": os.getpid(),
+            "started_at": _iso(sched.started_at if sched else None),
+            "uptime_s": round(time.time() - sched.started_at, 1) if sched else 0,
+            "config": str(self.config_path),
+            "generation": g.number, "hash": g.digest[:12],
+            "generation_applied_at": _iso(g.applied_at),
+            "last_change": {"added": list(g.added), "removed": list(g.removed), "changed": list(g.changed)},
+            "last_reload": None if self.last_reload is None else {
+                "ok": self.last_reload.ok, "at": _iso(self.last_reload.at), "trigger": self.last_reload.trigger,
+                "errors": self.last_reload.errors},
+            "tasks": tasks,
+        }
+
+    def write_status(self) -> None:
+        """Atomically replace status.json in the state directory (read by `torch status` and `torch reload`)."""
+        data = json.dumps(self.status(), indent=1)
+        tmp = self.status_path.with_name(f".status.{os.getpid()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
+            with os.fdopen(fd, "w") as f:
+                f.write(data)
+            os.replace(tmp, self.status_path)
+        except OSError as exc:
+            self.log.warning("status.write_failed", error=str(exc))
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def serve(config_path: Path, config: Config, *, state_dir: Path, host_ips: str | None,
+          stop_timeout: float = 10.0, on_ready: Callable[[], None] | None = None,
+          notify: Callable[[str], None] | None = None) -> int:
+    """Run the daemon body in this process until stopped; the caller has set up logging and state_dir."""
+    service = Service(config_path, config, state_dir=state_dir, addresses=host_addresses(host_ips),
+                      stop_timeout=stop_timeout, on_ready=on_ready, notify=notify)
+    return asyncio.run(service.run())
