@@ -61,6 +61,13 @@ def host_ips_option(f: F) -> F:
                         help="This host's addresses (default: $TORCH_HOST_IPS, else every interface address).")(f)
 
 
+def state_dir_option(f: F) -> F:
+    """`--state-dir DIR`: where the daemon keeps pidfile, log, socket and status."""
+    return click.option("--state-dir", metavar="DIR", default=None,
+                        help="Daemon state directory (default: $TORCH_STATE_DIR, else /run/torch etc. as root, "
+                             "XDG dirs otherwise).")(f)
+
+
 def _load(path: Path, *, check_accounts: bool = True) -> Config:
     return load_config(path, check_accounts=check_accounts, default_timezone=local_timezone().key)
 
@@ -96,10 +103,12 @@ def task_warnings(config: Config, now: datetime) -> list[dict[str, Any]]:
 @cli.command()
 @click.argument("files", nargs=-1)
 @config_option
+@state_dir_option
 @json_option
 @click.option("--no-account-check", is_flag=True,
               help="Do not look up user/group names on this host (for checking a file meant for other hosts).")
-def check(files: tuple[str, ...], config_opt: str | None, as_json: bool, no_account_check: bool) -> None:
+def check(files: tuple[str, ...], config_opt: str | None, state_dir: str | None, as_json: bool,
+          no_account_check: bool) -> None:
     """Validate task files: exit 0 valid, 1 invalid (every error on stderr), 2 usage.
 
     Several FILEs may be given (pre-commit passes every changed file); with --json and more than
@@ -183,10 +192,12 @@ def _fire_note(t: Task, f: Fire) -> str:
 @cli.command("next")
 @click.argument("args", nargs=-1)
 @config_option
+@state_dir_option
 @json_option
 @click.option("-n", "count", type=click.IntRange(1, 10000), default=5, show_default=True, help="Fires per task.")
 @click.option("--from", "from_", metavar="ISO-8601", help="Start after this time (no offset: the task's zone).")
-def next_cmd(args: tuple[str, ...], config_opt: str | None, as_json: bool, count: int, from_: str | None) -> None:
+def next_cmd(args: tuple[str, ...], config_opt: str | None, state_dir: str | None, as_json: bool, count: int,
+             from_: str | None) -> None:
     """Show the next N fire times of each task (or of the TASKs named), in its timezone."""
     file, names = _split_file_and_tasks(args)
     path = resolve_config(config_opt, file)
@@ -246,9 +257,11 @@ def task_rows(config: Config, addresses_override: str | None) -> list[dict[str, 
 @cli.command("list")
 @click.argument("file", required=False)
 @config_option
+@state_dir_option
 @json_option
 @host_ips_option
-def list_cmd(file: str | None, config_opt: str | None, as_json: bool, host_ips: str | None) -> None:
+def list_cmd(file: str | None, config_opt: str | None, state_dir: str | None, as_json: bool,
+             host_ips: str | None) -> None:
     """List the tasks, and which of them apply to this host."""
     path = resolve_config(config_opt, file)
     try:
@@ -276,13 +289,6 @@ def list_cmd(file: str | None, config_opt: str | None, as_json: bool, host_ips: 
 # --- start (foreground) -----------------------------------------------------------------------------
 
 
-def state_dir_option(f: F) -> F:
-    """`--state-dir DIR`: where the daemon keeps pidfile, log, socket and status."""
-    return click.option("--state-dir", metavar="DIR", default=None,
-                        help="Daemon state directory (default: $TORCH_STATE_DIR, else /run/torch etc. as root, "
-                             "XDG dirs otherwise).")(f)
-
-
 @cli.command()
 @config_option
 @state_dir_option
@@ -292,14 +298,17 @@ def state_dir_option(f: F) -> F:
               envvar="TORCH_STOP_TIMEOUT", help="Seconds between SIGTERM and SIGKILL for runs at shutdown.")
 def start(config_opt: str | None, state_dir: str | None, host_ips: str | None, foreground: bool,
           stop_timeout: float) -> None:
-    """Validate the task file and run the daemon."""
+    """Validate the task file, then run the daemon (in the background unless --foreground).
+
+    Exit 0 once the daemon reports it is serving (printing its pid); 1 with the reason otherwise.
+    """
     from gotorch import log as logmod
-    from gotorch.daemon import resolve_paths, sd_notify
-    from gotorch.service import serve
+    from gotorch.daemon import AlreadyRunning, Pidfile, daemonize, resolve_paths, sd_notify
+    from gotorch.service import load_for_daemon, serve
 
     path = resolve_config(config_opt, None).absolute()
     try:
-        config = _load(path)
+        config = load_for_daemon(path, local_timezone().key)
         host_addresses(host_ips)
     except ConfigInvalid as exc:
         _print_errors(exc.errors)
@@ -307,17 +316,195 @@ def start(config_opt: str | None, state_dir: str | None, host_ips: str | None, f
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--host-ips / TORCH_HOST_IPS") from None
     paths = resolve_paths(state_dir)
+    pidfile = Pidfile(paths.pidfile)
     try:
         paths.create()
-    except OSError as exc:
-        click.echo(f"torch: cannot create state directory: {exc}", err=True)
+        pidfile.acquire()
+    except AlreadyRunning as exc:
+        click.echo(f"torch: {exc}", err=True)
         sys.exit(1)
-    if not foreground:
-        click.echo("torch: background start is not implemented yet; use --foreground", err=True)
-        sys.exit(2)
-    logmod.configure(stream=sys.stderr)
-    sys.exit(serve(path, config, state_dir=paths.state_dir, host_ips=host_ips, stop_timeout=stop_timeout,
-                   notify=sd_notify))
+    except OSError as exc:
+        click.echo(f"torch: cannot use state directory: {exc}", err=True)
+        sys.exit(1)
+    if pidfile.stale_pid:
+        click.echo(f"torch: warning: taking over stale pidfile {paths.pidfile} (pid {pidfile.stale_pid} "
+                   "is not running torch)", err=True)
+
+    if foreground:
+        pidfile.write(os.getpid())
+        logmod.configure(stream=sys.stderr)
+        try:
+            code = serve(path, config, paths=paths, host_ips=host_ips, stop_timeout=stop_timeout, notify=sd_notify)
+        finally:
+            pidfile.release()
+        sys.exit(code)
+
+    def body(ready: Callable[[], None], fail: Callable[[str], None]) -> int:
+        # In the daemon: handlers, threads and the watcher are created only now, after the fork.
+        try:
+            logmod.configure(file=paths.logfile)
+            os.chmod(paths.logfile, 0o640)
+        except OSError as exc:
+            fail(f"cannot open log {paths.logfile}: {exc}")
+            return 1
+        return serve(path, config, paths=paths, host_ips=host_ips, stop_timeout=stop_timeout, on_ready=ready,
+                     notify=sd_notify)
+
+    launch = daemonize(pidfile, body)
+    if launch.error is not None:
+        click.echo(f"torch: start failed: {launch.error}", err=True)
+        sys.exit(1)
+    click.echo(f"torch started (pid {launch.pid}); log: {paths.logfile}")
+
+
+def _daemon_pid(paths_pidfile: Path) -> int | None:
+    from gotorch.daemon import is_torch_process, running_pid
+
+    pid = running_pid(paths_pidfile)
+    if pid is None:
+        return None
+    if pid <= 0 or not is_torch_process(pid):
+        raise click.ClickException(f"{paths_pidfile} is locked but names pid {pid}, which is not a torch daemon; "
+                                   "not signalling it")
+    return pid
+
+
+@cli.command()
+@config_option
+@state_dir_option
+@click.option("--timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds to wait for the daemon to exit.")
+@click.option("--kill", is_flag=True, help="SIGKILL the daemon if it is still alive at the timeout.")
+def stop(config_opt: str | None, state_dir: str | None, timeout: float, kill: bool) -> None:
+    """Stop the daemon (SIGTERM), wait until it exited: exit 0; still alive at the timeout: exit 1."""
+    import signal
+    import time
+
+    from gotorch.daemon import resolve_paths, running_pid
+
+    paths = resolve_paths(state_dir)
+    pid = _daemon_pid(paths.pidfile)
+    if pid is None:
+        click.echo("torch is not running")
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while running_pid(paths.pidfile) == pid:
+        if time.monotonic() > deadline:
+            if not kill:
+                click.echo(f"torch (pid {pid}) is still running after {timeout:g} s; use --kill to SIGKILL it",
+                           err=True)
+                sys.exit(1)
+            os.kill(pid, signal.SIGKILL)
+            click.echo(f"torch (pid {pid}) killed with SIGKILL after {timeout:g} s; its runs may be left behind",
+                       err=True)
+            kill = False
+            deadline = time.monotonic() + 10
+        time.sleep(0.05)
+    click.echo(f"torch (pid {pid}) stopped")
+
+
+def _status(paths_socket: Path) -> dict[str, Any] | None:
+    from gotorch.control import request
+
+    try:
+        reply = request(paths_socket, {"cmd": "status"})
+    except (OSError, ValueError):
+        return None
+    status = reply.get("status")
+    return status if isinstance(status, dict) else None
+
+
+@cli.command()
+@config_option
+@state_dir_option
+@click.option("--timeout", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              help="Seconds to wait for the daemon to report the reload.")
+def reload(config_opt: str | None, state_dir: str | None, timeout: float) -> None:
+    """Validate the task file, make the daemon reload it (SIGUSR2), print +added -removed ~changed."""
+    import signal
+    import time
+
+    from gotorch.daemon import resolve_paths
+    from gotorch.service import load_for_daemon
+
+    paths = resolve_paths(state_dir)
+    pid = _daemon_pid(paths.pidfile)
+    if pid is None:
+        click.echo("torch is not running", err=True)
+        sys.exit(1)
+    before = _status(paths.socket)
+    if before is None:
+        click.echo(f"torch (pid {pid}) does not answer on {paths.socket}", err=True)
+        sys.exit(1)
+    path = Path(config_opt).absolute() if config_opt else Path(before["config"])
+    if path != Path(before["config"]):
+        raise click.UsageError(f"the daemon runs {before['config']}, not {path}")
+    try:
+        load_for_daemon(path, local_timezone().key)
+    except ConfigInvalid as exc:
+        _print_errors(exc.errors)
+        click.echo("the daemon was not asked to reload; it keeps running the previous config", err=True)
+        sys.exit(1)
+    os.kill(pid, signal.SIGUSR2)
+    deadline = time.monotonic() + timeout
+    while True:
+        time.sleep(0.05)
+        now = _status(paths.socket)
+        if now is not None and now["reloads"] > before["reloads"]:
+            break
+        if time.monotonic() > deadline:
+            click.echo(f"torch (pid {pid}) did not report the reload within {timeout:g} s", err=True)
+            sys.exit(1)
+    last = now["last_reload"] or {}
+    if not last.get("ok"):
+        for e in last.get("errors", []):
+            click.echo(e.get("message", str(e)), err=True)
+        click.echo(f"reload failed; still running generation {now['generation']}", err=True)
+        sys.exit(1)
+    change = now["last_change"]
+    parts = [f"+{n}" for n in change["added"]] + [f"-{n}" for n in change["removed"]] + \
+            [f"~{n}" for n in change["changed"]]
+    if now["generation"] == before["generation"]:
+        click.echo(f"no changes (generation {now['generation']}, hash {now['hash']})")
+    else:
+        click.echo(f"generation {now['generation']} (hash {now['hash']}): {' '.join(parts) or 'no task changes'}")
+
+
+@cli.command()
+@config_option
+@state_dir_option
+@json_option
+def status(config_opt: str | None, state_dir: str | None, as_json: bool) -> None:
+    """Show whether the daemon runs, its config generation, last reload and tasks. Exit 3 if not running."""
+    from gotorch.daemon import resolve_paths
+
+    paths = resolve_paths(state_dir)
+    pid = _daemon_pid(paths.pidfile)
+    st = _status(paths.socket) if pid is not None else None
+    if st is None:
+        if as_json:
+            click.echo(json.dumps({"running": False, "pid": pid}))
+        else:
+            click.echo("torch is not running" if pid is None else f"torch (pid {pid}) does not answer")
+        sys.exit(3)
+    if as_json:
+        click.echo(json.dumps(st, indent=2))
+        return
+    click.echo(f"torch running, pid {st['pid']}, up {format_duration(round(st['uptime_s']))}")
+    click.echo(f"config {st['config']}: generation {st['generation']}, hash {st['hash']}")
+    lr = st["last_reload"]
+    if lr is not None:
+        verdict = "ok" if lr["ok"] else f"FAILED ({len(lr['errors'])} errors, old config kept)"
+        click.echo(f"last reload {lr['at']} via {lr['trigger']}: {verdict}")
+        for e in lr["errors"]:
+            click.echo(f"  {e.get('message', e)}")
+    table = [("TASK", "TYPE", "RUNNING", "LAST", "NEXT")]
+    for t in st["tasks"]:
+        table.append((t["name"], t["type"], str(t["running"]), t["last_status"] or "-", t["next_fire"] or "-"))
+    widths = [max(len(r[i]) for r in table) for i in range(5)]
+    for r in table:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
 def main() -> None:

@@ -15,8 +15,10 @@ import difflib
 import grp
 import hashlib
 import ipaddress
+import os
 import pwd
 import re
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -81,7 +83,7 @@ class ConfigError:
     task: str | None = None
 
     def __str__(self) -> str:
-        where = f"{self.file}:{self.line}:{self.col}: "
+        where = f"{self.file}:{self.line}:{self.col}: " if self.line else f"{self.file}: "
         who = f"task {self.task}: " if self.task is not None else ""
         what = f"{self.field}: " if self.field else ""
         hint = f"; {self.hint}" if self.hint else ""
@@ -605,6 +607,33 @@ def _parse_task(w: _Walker, node: yaml.Node, index: int, defaults: dict[str, Any
         return name, None
     values.setdefault("timezone", tz_default)
     return name, Task(name=name, line=line, **values)
+
+
+def check_permissions(path: str | Path, euid: int) -> list[ConfigError]:
+    """Refuse a task file others could have written, as cron refuses such crontabs.
+
+    Run as root: the file and its directory must be owned by root and not writable by group or
+    others (a task file is a list of commands root will run). Otherwise: not writable by others.
+    """
+    p = Path(path)
+    errors: list[ConfigError] = []
+    for target, what in ((p, "the task file"), (p.parent, "the task file's directory")):
+        try:
+            st = os.stat(target)
+        except OSError:
+            continue  # a missing file is reported by load_config with a better message
+        mode = stat.S_IMODE(st.st_mode)
+        sticky_dir = target is not p and mode & stat.S_ISVTX
+        if euid == 0 and st.st_uid != 0:
+            errors.append(ConfigError(str(p), 0, 0, "", f"{what} {target} is owned by uid {st.st_uid}, not root",
+                                      f"run: chown root {target} (a root daemon runs only files root controls)"))
+        if euid == 0 and mode & stat.S_IWGRP:
+            errors.append(ConfigError(str(p), 0, 0, "", f"{what} {target} is group-writable (mode {mode:04o})",
+                                      f"run: chmod g-w {target}"))
+        if mode & stat.S_IWOTH and not sticky_dir:
+            errors.append(ConfigError(str(p), 0, 0, "", f"{what} {target} is writable by others (mode {mode:04o})",
+                                      f"run: chmod o-w {target}"))
+    return errors
 
 
 def load_config(path: str | Path, *, check_accounts: bool = True, default_timezone: str | None = None) -> Config:

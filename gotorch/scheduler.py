@@ -25,6 +25,7 @@ import asyncio
 import heapq
 import itertools
 import math
+import os
 import random
 import time
 from collections.abc import Iterable
@@ -298,7 +299,9 @@ class Scheduler:
         self._timer: asyncio.TimerHandle | None = None
         self._handles: dict[str, set[asyncio.TimerHandle]] = {}
         self._seq = itertools.count(1)
+        self._id_prefix = f"{os.urandom(5).hex()}-"
         self._done = loop.create_future()
+        self._stop_requested = loop.create_future()
 
     # -- configuration -----------------------------------------------------------------------------
 
@@ -422,7 +425,9 @@ class Scheduler:
         self._start(task, scheduled)
 
     def _start(self, task: Task, scheduled: int | None) -> None:
-        run_id = f"{int(time.time()):x}-{next(self._seq):x}"
+        # Globally unique, not just per daemon: the runner finds escaped processes by TORCH_RUN_ID, and
+        # a run id shared with another daemon (or a previous one's leftovers) would get them killed too.
+        run_id = f"{self._id_prefix}{next(self._seq):x}"
         spec = RunSpec(
             task=task.name, run_id=run_id, command=task.command,
             env=(*task.env, ("TORCH_STATE_DIR", str(self.state_dir))),
@@ -473,6 +478,7 @@ class Scheduler:
                 self.runner.kill_now(run)
             return
         self.stopping = True
+        self._stop_requested.set_result(None)
         self.log.info("stop.requested", signal=signame, running=len(self.runner.runs))
         if self._timer is not None:
             self._timer.cancel()
@@ -487,6 +493,10 @@ class Scheduler:
         finally:
             if not self._done.done():
                 self._done.set_result(None)
+
+    async def wait_stopped_requested(self) -> None:
+        """Return once SIGTERM/SIGINT asked the scheduler to stop (runs may still be ending)."""
+        await self._stop_requested
 
     async def wait_stopped(self) -> None:
         """Return once a stop was requested and every run has ended."""

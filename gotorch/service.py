@@ -13,7 +13,8 @@ result inside the loop. A file that fails to validate changes nothing: the old c
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
+import gc
 import os
 import signal
 import time
@@ -22,11 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gotorch import control
 from gotorch import log as logmod
-from gotorch.config import Config, ConfigInvalid, Task, load_config
+from gotorch.config import Config, ConfigInvalid, Task, check_permissions, load_config
+from gotorch.daemon import Paths
 from gotorch.hosts import IPAddress, host_addresses, local_timezone, match
-from gotorch.runner import set_child_subreaper
+from gotorch.runner import clear_caches, set_child_subreaper
 from gotorch.scheduler import Scheduler
+from gotorch.watcher import FileWatcher
 
 
 @dataclass
@@ -67,12 +71,13 @@ def applicable(config: Config, addresses: list[IPAddress]) -> tuple[dict[str, tu
 class Service:
     """Wires the Scheduler to signals, reloads and the status file, inside one event loop."""
 
-    def __init__(self, config_path: Path, config: Config, *, state_dir: Path, addresses: list[IPAddress],
+    def __init__(self, config_path: Path, config: Config, *, paths: Paths, addresses: list[IPAddress],
                  stop_timeout: float = 10.0, on_ready: Callable[[], None] | None = None,
-                 notify: Callable[[str], None] | None = None) -> None:
+                 notify: Callable[[str], None] | None = None, watch: bool = True) -> None:
         self.config_path = config_path
         self.config = config
-        self.state_dir = state_dir
+        self.paths = paths
+        self.watch = watch
         self.addresses = addresses
         self.stop_timeout = stop_timeout
         self.on_ready = on_ready
@@ -80,11 +85,12 @@ class Service:
         self.log = logmod.get_logger()
         self.generation = Generation(1, config.digest, time.time())
         self.last_reload: ReloadResult | None = None
+        self.reloads = 0  # completed reload attempts, so `torch reload` can tell when its own one is done
         self._reloading = False
         self._reload_again = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.scheduler: Scheduler | None = None
-        self.status_path = state_dir / "status.json"
+        self.watcher: FileWatcher | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -93,7 +99,7 @@ class Service:
         loop = asyncio.get_running_loop()
         self.loop = loop
         subreaper = set_child_subreaper()
-        sched = Scheduler(loop, state_dir=self.state_dir, stop_timeout=self.stop_timeout)
+        sched = Scheduler(loop, state_dir=self.paths.state_dir, stop_timeout=self.stop_timeout)
         self.scheduler = sched
         loop.add_signal_handler(signal.SIGCHLD, sched.runner.reap)
         loop.add_signal_handler(signal.SIGTERM, sched.request_stop, "SIGTERM")
@@ -110,15 +116,39 @@ class Service:
         for name in skipped:
             self.log.info("task.not_here", task=name)
         sched.apply(here, at_start=True)
+        # Everything loaded so far lives as long as the config: keep the cyclic GC from rescanning it,
+        # a full collection over 10,000 tasks would stall a firing second by tens of milliseconds.
+        gc.collect()
+        gc.freeze()
         sched.arm()
-        self.write_status()
+        server = await control.serve(self.paths.socket, self.handle_request)
+        if self.watch:
+            self.watcher = FileWatcher(loop, self.config_path, lambda: self.request_reload("file"))
+            mode = self.watcher.start()
+            self.log.info("watch.start", path=str(self.config_path), mode=mode)
         if self.on_ready is not None:
             self.on_ready()
-        self.notify(f"READY=1\nSTATUS={self._status_line()}")
-        await sched.wait_stopped()
+        self.notify(f"READY=1\nSTATUS={self._status_line()}\nMAINPID={os.getpid()}")
+        await sched.wait_stopped_requested()
         self.notify("STOPPING=1")
+        if self.watcher is not None:
+            self.watcher.stop()
+        await sched.wait_stopped()
+        server.close()
+        with contextlib.suppress(OSError):
+            self.paths.socket.unlink()
         self.log.info("daemon.stop", pid=os.getpid())
         return 0
+
+    def handle_request(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Answer a control-socket request (`{"cmd": "status"}` or `{"cmd": "reload"}`)."""
+        cmd = request.get("cmd")
+        if cmd == "status":
+            return {"ok": True, "status": self.status()}
+        if cmd == "reload":
+            self.request_reload("socket")
+            return {"ok": True, "reloads": self.reloads}
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
 
     def _reopen_log(self) -> None:
         logmod.reopen()
@@ -143,7 +173,7 @@ class Service:
         try:
             tz = local_timezone().key
             # Parsing a big file takes a while: do it off the loop so firing never waits for it.
-            config = await self.loop.run_in_executor(None, lambda: load_config(self.config_path, default_timezone=tz))
+            config = await self.loop.run_in_executor(None, lambda: load_for_daemon(self.config_path, tz))
         except ConfigInvalid as exc:
             self.last_reload = ReloadResult(False, time.time(), trigger, [e.as_dict() for e in exc.errors])
             self.log.error("reload.failed", trigger=trigger, generation=self.generation.number,
@@ -154,9 +184,13 @@ class Service:
         else:
             if self.scheduler.stopping:
                 return
-            if config.digest == self.config.digest and trigger == "file":
-                self.log.debug("reload.unchanged", trigger=trigger)
+            if config.digest == self.config.digest:
+                # Same bytes (a touch, a chmod, an editor saving twice): not a new generation.
+                self.last_reload = ReloadResult(True, time.time(), trigger)
+                self.log.info("reload.unchanged", trigger=trigger, generation=self.generation.number)
+                return
             here, _ = applicable(config, self.addresses)
+            clear_caches()  # accounts named by tasks may have been created or changed since
             plan = self.scheduler.apply(here)
             self.config = config
             self.generation = Generation(self.generation.number + 1, config.digest, time.time(),
@@ -166,8 +200,8 @@ class Service:
                           hash=config.short_hash, added=list(plan.added), removed=list(plan.removed),
                           changed=list(plan.changed), tasks_here=len(here))
         finally:
+            self.reloads += 1
             self._reloading = False
-            self.write_status()
             self.notify(f"READY=1\nSTATUS={self._status_line()}")
             if self._reload_again:
                 self._reload_again = False
@@ -204,23 +238,12 @@ class Service:
             "generation": g.number, "hash": g.digest[:12],
             "generation_applied_at": _iso(g.applied_at),
             "last_change": {"added": list(g.added), "removed": list(g.removed), "changed": list(g.changed)},
+            "reloads": self.reloads,
             "last_reload": None if self.last_reload is None else {
                 "ok": self.last_reload.ok, "at": _iso(self.last_reload.at), "trigger": self.last_reload.trigger,
                 "errors": self.last_reload.errors},
             "tasks": tasks,
         }
-
-    def write_status(self) -> None:
-        """Atomically replace status.json in the state directory (read by `torch status` and `torch reload`)."""
-        data = json.dumps(self.status(), indent=1)
-        tmp = self.status_path.with_name(f".status.{os.getpid()}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
-            with os.fdopen(fd, "w") as f:
-                f.write(data)
-            os.replace(tmp, self.status_path)
-        except OSError as exc:
-            self.log.warning("status.write_failed", error=str(exc))
 
 
 def _iso(ts: float | None) -> str | None:
@@ -229,10 +252,18 @@ def _iso(ts: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-def serve(config_path: Path, config: Config, *, state_dir: Path, host_ips: str | None,
+def load_for_daemon(path: Path, default_timezone: str) -> Config:
+    """Load the task file the daemon will run: ownership/permission checks first, then validation."""
+    problems = check_permissions(path, os.geteuid())
+    if problems:
+        raise ConfigInvalid(problems)
+    return load_config(path, default_timezone=default_timezone)
+
+
+def serve(config_path: Path, config: Config, *, paths: Paths, host_ips: str | None,
           stop_timeout: float = 10.0, on_ready: Callable[[], None] | None = None,
           notify: Callable[[str], None] | None = None) -> int:
-    """Run the daemon body in this process until stopped; the caller has set up logging and state_dir."""
-    service = Service(config_path, config, state_dir=state_dir, addresses=host_addresses(host_ips),
+    """Run the daemon body in this process until stopped; the caller has set up logging and paths."""
+    service = Service(config_path, config, paths=paths, addresses=host_addresses(host_ips),
                       stop_timeout=stop_timeout, on_ready=on_ready, notify=notify)
     return asyncio.run(service.run())

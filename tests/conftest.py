@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -43,7 +44,9 @@ class Torch:
         self.config = tmp / "tasks.yaml"
         self.state = tmp / "state"
         self.stderr_path = tmp / "torch.stderr"
+        self.log_path = self.stderr_path  # where events() reads: stderr (foreground) or torch.log
         self.proc: subprocess.Popen[bytes] | None = None
+        self.bg_pid: int | None = None
 
     def write(self, text: str) -> Path:
         """Write the task file (dedented)."""
@@ -63,6 +66,7 @@ class Torch:
 
     def start(self, *args: str, ready: bool = True, **extra: str) -> subprocess.Popen[bytes]:
         """Start `torch start --foreground -c tasks.yaml`; wait for its daemon.start event."""
+        self.log_path = self.stderr_path
         err = open(self.stderr_path, "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen([*TORCH, "start", "--foreground", "-c", str(self.config), *args],
                                      stdout=err, stderr=err, stdin=subprocess.DEVNULL, env=self.env(**extra),
@@ -73,11 +77,32 @@ class Torch:
             assert self.proc.poll() is None, self.stderr_path.read_text()
         return self.proc
 
+    def start_bg(self, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        """`torch start -c tasks.yaml` (double fork); events are then read from the daemon's torch.log."""
+        r = self.run("start", "-c", str(self.config), *args, **extra)
+        self.log_path = self.state / "torch.log"
+        if r.returncode == 0:
+            self.bg_pid = self.pid()
+        return r
+
+    def pid(self) -> int | None:
+        """The pid in the pidfile, if any."""
+        try:
+            return int((self.state / "torch.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def daemon_pid(self) -> int | None:
+        """The pid of the daemon this helper started (foreground process or background daemon)."""
+        if self.proc is not None and self.proc.poll() is None:
+            return self.proc.pid
+        return self.bg_pid
+
     def events(self, name: str | None = None, **match: Any) -> list[dict[str, Any]]:
         """Every JSON event so far (optionally only `name` events whose fields equal `match`)."""
         out = []
         try:
-            text = self.stderr_path.read_text()
+            text = self.log_path.read_text()
         except FileNotFoundError:
             return []
         for line in text.splitlines():
@@ -102,8 +127,8 @@ class Torch:
 
     def run_pids(self) -> list[int]:
         """Live processes started by this daemon's runs (they carry its TORCH_STATE_DIR), minus the daemon."""
-        daemon = self.proc.pid if self.proc is not None else -1
-        return [p for p in pids_with_env("TORCH_STATE_DIR", str(self.state)) if p != daemon]
+        daemons = {self.proc.pid if self.proc is not None else -1, self.bg_pid or -1}
+        return [p for p in pids_with_env("TORCH_STATE_DIR", str(self.state)) if p not in daemons]
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         """Signal the daemon and wait for it to exit; return its exit code."""
@@ -121,6 +146,10 @@ def torch_daemon(tmp_path: Path) -> Iterator[Torch]:
     if t.proc is not None and t.proc.poll() is None:
         t.proc.kill()
         t.proc.wait(timeout=10)
+    # Background daemons are not our children: find them (and their runs) by their state directory.
+    for pid in pids_with_env("TORCH_STATE_DIR", str(t.state)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def pids_with_env(var: str, value: str | None = None) -> list[int]:
