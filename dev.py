@@ -55,7 +55,9 @@ def main() -> None:
     if action == "setup":
         return
     if action == "run":
-        _exec([str(BIN / "torch"), "start", "--foreground", "-c", "etc/tasks.yaml", *rest])
+        # A private state directory beside the checkout: a dev run must not need root or touch /run.
+        _exec([str(BIN / "torch"), "start", "--foreground", "-c", "etc/tasks.yaml", "--state-dir", ".torch-state",
+               *rest])
     if action == "bench":
         _exec([str(BIN / "python"), "bench/run.py", *rest])
     # test: static checks first (fast, and a type error usually explains a test failure).

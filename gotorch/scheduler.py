@@ -28,7 +28,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -97,11 +97,12 @@ class FireQueue:
 
     # -- configuration ---------------------------------------------------------------------------
 
-    def set_tasks(self, tasks: Iterable[Task], wall: float) -> None:
+    def set_tasks(self, tasks: Iterable[Task], wall: float, hints: FireHints | None = None) -> None:
         """Schedule exactly `tasks` (cron tasks with a timed schedule), keeping unchanged ones as they are.
 
         New and changed tasks get their first fire strictly after the current second and after
-        the last second they fired, so a reload never fires anything twice.
+        the last second they fired, so a reload never fires anything twice. `hints` (see
+        `precompute`) saves recomputing next fires a worker thread already worked out.
         """
         now = math.floor(wall)
         wanted = {t.name: t for t in tasks if t.schedule is not None and t.schedule.kind != "reboot"}
@@ -113,7 +114,15 @@ class FireQueue:
                 self._tasks[name] = task  # same definition; keep schedule state (line may differ)
                 continue
             self._tasks[name] = task
-            self._push(task, max(now, self._last_fired.get(name, now)))
+            after = max(now, self._last_fired.get(name, now))
+            if hints is not None and name in hints.next and hints.after <= after:
+                hint = hints.next[name]
+                # The first fire after hints.after is also the first after `after` if it lies beyond it.
+                if hint is None or hint > after:
+                    self._version[name] = self._version.get(name, 0) + 1
+                    self._set_next(name, hint)
+                    continue
+            self._push(task, after)
 
     def tasks(self) -> dict[str, Task]:
         """The scheduled tasks by name."""
@@ -233,6 +242,21 @@ class FireQueue:
         # _last_fired is kept: a task removed and re-added must not fire a second it already fired.
 
 
+@dataclass(frozen=True)
+class FireHints:
+    """Next fires of tasks strictly after `after`, computed off the loop (pure, so any thread may)."""
+
+    after: int
+    next: dict[str, int | None]
+
+
+def precompute(tasks: Iterable[Task], wall: float) -> FireHints:
+    """Work out every timed task's next fire after `wall`: the slow part of applying a big config."""
+    after = math.floor(wall)
+    return FireHints(after, {t.name: next_fire_ts(t.schedule, t.tz, after) for t in tasks
+                             if t.schedule is not None and t.schedule.kind != "reboot"})
+
+
 @dataclass
 class Backoff:
     """Restart delay for a daemon-type task's copy: 1 s doubling to 60 s, reset after 60 s of uptime."""
@@ -302,10 +326,13 @@ class Scheduler:
         self._id_prefix = f"{os.urandom(5).hex()}-"
         self._done = loop.create_future()
         self._stop_requested = loop.create_future()
+        self.before_tick: Callable[[], None] | None = None  # the service drains recorded signals here
+        self._after_tick: list[asyncio.Future[None]] = []
 
     # -- configuration -----------------------------------------------------------------------------
 
-    def apply(self, tasks: dict[str, tuple[Task, str | None]], *, at_start: bool = False) -> Plan:
+    def apply(self, tasks: dict[str, tuple[Task, str | None]], *, at_start: bool = False,
+              hints: FireHints | None = None) -> Plan:
         """Make `tasks` (name -> (task, matched local address)) the running set; return what changed.
 
         Unchanged tasks keep their state and runs. Removed or changed cron tasks fire no more under
@@ -323,17 +350,18 @@ class Scheduler:
                 self._retire(name)
             else:
                 self._cancel_handles(name)
+        unchanged, changed = set(plan.unchanged), set(plan.changed)  # tuples: membership would be O(n)
         for name, (task, ip) in tasks.items():
             st = self.states.get(name)
-            if st is None or name not in plan.unchanged:
-                keep = st if st is not None and name in plan.changed and old[name].type == "cron" else None
+            if st is None or name not in unchanged:
+                keep = st if st is not None and name in changed and old[name].type == "cron" else None
                 self.states[name] = TaskState(task, ip, pending=keep.pending if keep else 0,
                                               last_status=keep.last_status if keep else None,
                                               last_end=keep.last_end if keep else None,
                                               last_scheduled=keep.last_scheduled if keep else None)
             else:
                 st.task, st.matched_ip = task, ip
-        self.queue.set_tasks((t for t, _ in tasks.values() if t.type == "cron"), wall)
+        self.queue.set_tasks((t for t, _ in tasks.values() if t.type == "cron"), wall, hints)
         for name in (*plan.added, *plan.changed):
             task = tasks[name][0]
             if task.type == "daemon":
@@ -372,11 +400,25 @@ class Scheduler:
         self._timer = self.loop.call_later(max(0.0, target - wall - EARLY_WAKE), self._on_timer, target)
 
     def _on_timer(self, target: int) -> None:
+        if self.before_tick is not None:
+            self.before_tick()
+            if self.stopping:
+                return
         remaining = target - time.time()
         if 0 < remaining <= 2 * EARLY_WAKE:
             time.sleep(remaining)
         self.tick()
         self.arm()
+        for fut in self._after_tick:
+            if not fut.done():
+                fut.set_result(None)
+        self._after_tick.clear()
+
+    async def after_next_tick(self) -> None:
+        """Return right after the next second's fires started: the most time until the one after."""
+        fut: asyncio.Future[None] = self.loop.create_future()
+        self._after_tick.append(fut)
+        await fut
 
     def tick(self) -> None:
         """Fire everything due now. Starts go first; logging and bookkeeping after."""

@@ -29,7 +29,7 @@ from gotorch.config import Config, ConfigInvalid, Task, check_permissions, load_
 from gotorch.daemon import Paths
 from gotorch.hosts import IPAddress, host_addresses, local_timezone, match
 from gotorch.runner import clear_caches, set_child_subreaper
-from gotorch.scheduler import Scheduler
+from gotorch.scheduler import FireHints, Scheduler, precompute
 from gotorch.watcher import FileWatcher
 
 
@@ -101,11 +101,14 @@ class Service:
         subreaper = set_child_subreaper()
         sched = Scheduler(loop, state_dir=self.paths.state_dir, stop_timeout=self.stop_timeout)
         self.scheduler = sched
-        loop.add_signal_handler(signal.SIGCHLD, sched.runner.reap)
-        loop.add_signal_handler(signal.SIGTERM, sched.request_stop, "SIGTERM")
-        loop.add_signal_handler(signal.SIGINT, sched.request_stop, "SIGINT")
-        loop.add_signal_handler(signal.SIGUSR2, self.request_reload, "SIGUSR2")
-        loop.add_signal_handler(signal.SIGHUP, self._reopen_log)
+        self._install_signals(loop, {
+            signal.SIGCHLD: sched.runner.reap,
+            signal.SIGTERM: lambda: sched.request_stop("SIGTERM"),
+            signal.SIGINT: lambda: sched.request_stop("SIGINT"),
+            signal.SIGUSR2: lambda: self.request_reload("SIGUSR2"),
+            signal.SIGHUP: self._reopen_log,
+        })
+        sched.before_tick = self._drain_signals
         here, skipped = applicable(self.config, self.addresses)
         self.log.info("daemon.start", pid=os.getpid(), config=str(self.config_path), hash=self.config.short_hash,
                       generation=1, subreaper=subreaper, host_ips=[str(a) for a in self.addresses],
@@ -150,6 +153,29 @@ class Service:
             return {"ok": True, "reloads": self.reloads}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
+    def _install_signals(self, loop: asyncio.AbstractEventLoop, handlers: dict[int, Callable[[], None]]) -> None:
+        """Route signals to the loop as gunicorn's arbiter does: the handler only records the signal.
+
+        asyncio hears of a signal through one byte in its wake-up socket. A burst of child exits can
+        fill that socket and drop the byte of a SIGTERM arriving right then, so our own Python-level
+        handler also records the signal in a set (no I/O, no locks), and the loop drains that set both
+        when woken and on every one-second tick.
+        """
+        self._signal_handlers = handlers
+        self._pending_signals: set[int] = set()
+        for sig in handlers:
+            loop.add_signal_handler(sig, self._drain_signals)
+            signal.signal(sig, self._note_signal)
+        fd = signal.set_wakeup_fd(-1)
+        signal.set_wakeup_fd(fd, warn_on_full_buffer=False)  # a full buffer is handled; don't print
+
+    def _note_signal(self, signum: int, frame: object) -> None:
+        self._pending_signals.add(signum)
+
+    def _drain_signals(self) -> None:
+        while self._pending_signals:
+            self._signal_handlers[self._pending_signals.pop()]()
+
     def _reopen_log(self) -> None:
         logmod.reopen()
         self.log.info("log.reopened")
@@ -170,10 +196,15 @@ class Service:
 
     async def _reload(self, trigger: str) -> None:
         assert self.loop is not None and self.scheduler is not None
+        t0 = time.monotonic()
         try:
             tz = local_timezone().key
             # Parsing a big file takes a while: do it off the loop so firing never waits for it.
-            config = await self.loop.run_in_executor(None, lambda: load_for_daemon(self.config_path, tz))
+            def parse() -> tuple[Config, FireHints]:
+                cfg = load_for_daemon(self.config_path, tz)
+                return cfg, precompute(cfg.tasks, time.time())
+
+            config, hints = await self.loop.run_in_executor(None, parse)
         except ConfigInvalid as exc:
             self.last_reload = ReloadResult(False, time.time(), trigger, [e.as_dict() for e in exc.errors])
             self.log.error("reload.failed", trigger=trigger, generation=self.generation.number,
@@ -189,16 +220,26 @@ class Service:
                 self.last_reload = ReloadResult(True, time.time(), trigger)
                 self.log.info("reload.unchanged", trigger=trigger, generation=self.generation.number)
                 return
+            parsed = time.monotonic()
+            # Apply just after a second's fires went out, so even a slow apply delays none of them.
+            await self.scheduler.after_next_tick()
+            if self.scheduler.stopping:
+                return
+            applying = time.monotonic()
             here, _ = applicable(config, self.addresses)
             clear_caches()  # accounts named by tasks may have been created or changed since
-            plan = self.scheduler.apply(here)
+            plan = self.scheduler.apply(here, hints=hints)
+            gc.collect()
+            gc.freeze()
             self.config = config
             self.generation = Generation(self.generation.number + 1, config.digest, time.time(),
                                          plan.added, plan.removed, plan.changed)
             self.last_reload = ReloadResult(True, time.time(), trigger)
             self.log.info("reload.applied", trigger=trigger, generation=self.generation.number,
                           hash=config.short_hash, added=list(plan.added), removed=list(plan.removed),
-                          changed=list(plan.changed), tasks_here=len(here))
+                          changed=list(plan.changed), tasks_here=len(here),
+                          parse_ms=round((parsed - t0) * 1000, 1),
+                          apply_ms=round((time.monotonic() - applying) * 1000, 1))
         finally:
             self.reloads += 1
             self._reloading = False

@@ -6,7 +6,7 @@ import textwrap
 from datetime import UTC, datetime
 
 from gotorch.config import Task, parse_config
-from gotorch.scheduler import Backoff, ClockJump, FireNow, FireQueue, Missed
+from gotorch.scheduler import Backoff, ClockJump, FireNow, FireQueue, Missed, precompute
 
 T0 = int(datetime(2027, 1, 1, 12, 0, 0, tzinfo=UTC).timestamp())
 
@@ -185,3 +185,16 @@ def test_backoff_doubles_to_a_minute_and_resets() -> None:
     assert [b.after_exit(0.5) for _ in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
     assert b.after_exit(61) == 1
     assert b.after_exit(3) == 2
+
+
+def test_precomputed_hints_give_the_same_schedule() -> None:
+    tasks = [task(f"{i % 60} */{1 + i % 7} * * * *", name=f"t{i}") for i in range(50)]
+    hints = precompute(tasks, T0 - 30.0)  # worked out 30 s before the apply
+    with_hints, without = FireQueue(), FireQueue()
+    with_hints.set_tasks(tasks, T0 + 0.5, hints)
+    without.set_tasks(tasks, T0 + 0.5)
+    assert all(with_hints.next_fire(t.name) == without.next_fire(t.name) for t in tasks)
+    stale = precompute(tasks, T0 + 100.0)  # computed "after" a later time: must not be trusted
+    q = FireQueue()
+    q.set_tasks(tasks, T0 + 0.5, stale)
+    assert all(q.next_fire(t.name) == without.next_fire(t.name) for t in tasks)
