@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import grp
 import os
+import pwd
 import signal
 import time
 from collections.abc import Callable
@@ -25,7 +27,7 @@ from typing import Any
 
 from gotorch import control
 from gotorch import log as logmod
-from gotorch.config import Config, ConfigInvalid, Task, check_permissions, load_config
+from gotorch.config import Config, ConfigError, ConfigInvalid, Task, check_permissions, load_config
 from gotorch.daemon import Paths
 from gotorch.hosts import IPAddress, host_addresses, local_timezone, match
 from gotorch.runner import clear_caches, set_child_subreaper
@@ -295,10 +297,30 @@ def _iso(ts: float | None) -> str | None:
 
 def load_for_daemon(path: Path, default_timezone: str) -> Config:
     """Load the task file the daemon will run: ownership/permission checks first, then validation."""
-    problems = check_permissions(path, os.geteuid())
+    euid = os.geteuid()
+    problems = check_permissions(path, euid)
     if problems:
         raise ConfigInvalid(problems)
-    return load_config(path, default_timezone=default_timezone)
+    config = load_config(path, default_timezone=default_timezone)
+    if euid != 0:
+        problems = account_problems(config, euid)
+        if problems:
+            raise ConfigInvalid(problems)
+    return config
+
+
+def account_problems(config: Config, euid: int) -> list[ConfigError]:
+    """`user:`/`group:` other than the daemon's own need root: refuse them up front, not at every fire."""
+    me = pwd.getpwuid(euid)
+    out = []
+    for t in config.tasks:
+        for field_name, value, own in (("user", t.user, (me.pw_name, str(euid))),
+                                       ("group", t.group, (grp.getgrgid(me.pw_gid).gr_name, str(me.pw_gid)))):
+            if value is not None and value not in own:
+                out.append(ConfigError(config.path, t.line, 1, field_name,
+                                       f"runs as {field_name} {value!r}, but torch is not running as root",
+                                       f"run the daemon as root, or remove `{field_name}:`", f"'{t.name}'"))
+    return out
 
 
 def serve(config_path: Path, config: Config, *, paths: Paths, host_ips: str | None,

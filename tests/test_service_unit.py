@@ -1,0 +1,38 @@
+"""Pure parts of the service: which tasks apply here, and what a non-root daemon must refuse."""
+
+from __future__ import annotations
+
+import ipaddress
+import pwd
+
+import pytest
+
+from gotorch.config import parse_config
+from gotorch.service import account_problems, applicable
+
+TEXT = """\
+version: 1
+tasks:
+  - {name: a, schedule: "@daily", command: x, ips: [10.1.0.0/16]}
+  - {name: b, schedule: "@daily", command: x, ips: [10.2.0.1]}
+  - {name: c, schedule: "@daily", command: x}
+  - {name: d, schedule: "@daily", command: x, enabled: false}
+  - {name: e, schedule: "@daily", command: x, user: root}
+"""
+
+
+def test_applicable_filters_by_address_and_enabled() -> None:
+    cfg = parse_config(TEXT, "t.yaml")
+    here, elsewhere = applicable(cfg, [ipaddress.ip_address("10.1.2.3")])
+    assert {n: ip for n, (_, ip) in here.items()} == {"a": "10.1.2.3", "c": None, "e": None}
+    assert elsewhere == ["b", "d"]
+
+
+def test_non_root_daemon_refuses_other_users() -> None:
+    try:
+        nobody = pwd.getpwnam("nobody").pw_uid
+    except KeyError:
+        pytest.skip("no 'nobody' account on this host")
+    cfg = parse_config(TEXT, "t.yaml")
+    (problem,) = account_problems(cfg, nobody)
+    assert str(problem).startswith("t.yaml:7:1: task 'e': user: runs as user 'root', but torch is not running as root")
