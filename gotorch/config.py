@@ -11,11 +11,15 @@ duplicate keys that PyYAML would silently collapse.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import difflib
+import gc
 import grp
 import hashlib
 import ipaddress
 import os
+import pickle
 import pwd
 import re
 import stat
@@ -30,7 +34,7 @@ import yaml
 
 from gotorch.durations import DURATION_HINT, SIZE_HINT, parse_duration, parse_size
 from gotorch.hosts import IPNetwork
-from gotorch.schedule import Schedule, ScheduleError, parse_schedule
+from gotorch.schedule import Schedule, ScheduleError, forget_parsed, parse_schedule
 
 TaskType = Literal["cron", "daemon"]
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -634,6 +638,27 @@ def check_permissions(path: str | Path, euid: int) -> list[ConfigError]:
             errors.append(ConfigError(str(p), 0, 0, "", f"{what} {target} is writable by others (mode {mode:04o})",
                                       f"run: chmod o-w {target}"))
     return errors
+
+
+def compacted(load: Callable[[], Config]) -> Config:
+    """Run `load` and return its Config rebuilt in fresh memory, giving the parser's garbage back.
+
+    Parsing 10,000 tasks peaks at ~60 MB of YAML nodes with positions. The few MB of tasks that
+    survive are scattered over the allocator arenas those nodes used and pin them: a daemon would
+    keep ~95 MB resident for ~10 MB of live data. A pickle round trip after the garbage is freed
+    lays the config out compactly (measured: 95 -> 50 MB). Only long-lived processes need this.
+    """
+    blob = pickle.dumps(load(), protocol=pickle.HIGHEST_PROTOCOL)
+    forget_parsed()  # the parse caches hold Schedule objects from the scattered arenas too
+    gc.collect()
+    _malloc_trim()
+    config: Config = pickle.loads(blob)
+    return config
+
+
+def _malloc_trim() -> None:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim, nothing lost
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def load_config(path: str | Path, *, check_accounts: bool = True, default_timezone: str | None = None) -> Config:

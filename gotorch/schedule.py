@@ -886,3 +886,9 @@ def dst_warnings(schedule: Schedule, tz: tzinfo, start: datetime, months: int = 
                     tail = f"torch runs each once, at the first ({_fmt_offset(before)})"
                     out.append(f"{_times(walls)} {zone} happen twice on {day}; {tail}")
     return out
+
+
+def forget_parsed() -> None:
+    """Drop the parse caches (a daemon calls this after loading a big file; see config.compacted)."""
+    parse_schedule.cache_clear()
+    _parse_field.cache_clear()

@@ -27,7 +27,7 @@ from typing import Any
 
 from gotorch import control
 from gotorch import log as logmod
-from gotorch.config import Config, ConfigError, ConfigInvalid, Task, check_permissions, load_config
+from gotorch.config import Config, ConfigError, ConfigInvalid, Task, check_permissions, compacted, load_config
 from gotorch.daemon import Paths
 from gotorch.hosts import IPAddress, host_addresses, local_timezone, match
 from gotorch.runner import clear_caches, set_child_subreaper
@@ -135,7 +135,7 @@ class Service:
             self.on_ready()
         self.notify(f"READY=1\nSTATUS={self._status_line()}\nMAINPID={os.getpid()}")
         await sched.wait_stopped_requested()
-        self.notify("STOPPING=1")
+        self.notify(f"STOPPING=1\nSTATUS=stopping, {self._status_line()}")
         if self.watcher is not None:
             self.watcher.stop()
         await sched.wait_stopped()
@@ -193,7 +193,9 @@ class Service:
             return
         self._reloading = True
         assert self.loop is not None
-        self.notify("RELOADING=1")
+        # MONOTONIC_USEC lets systemd >= 253 match this RELOADING=1 with the reload it asked for.
+        self.notify(f"RELOADING=1\nSTATUS=reloading ({trigger}), {self._status_line()}\n"
+                    f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         self.loop.create_task(self._reload(trigger))
 
     async def _reload(self, trigger: str) -> None:
@@ -254,7 +256,9 @@ class Service:
 
     def _status_line(self) -> str:
         n = len(self.scheduler.states) if self.scheduler else 0
-        return f"generation {self.generation.number}, {n} tasks here, hash {self.generation.digest[:12]}"
+        total = len(self.config.tasks)
+        return (f"generation {self.generation.number}, {n} of {total} tasks here, "
+                f"hash {self.generation.digest[:12]}")
 
     def status(self) -> dict[str, Any]:
         """What `torch status --json` shows about the running daemon."""
@@ -301,7 +305,7 @@ def load_for_daemon(path: Path, default_timezone: str) -> Config:
     problems = check_permissions(path, euid)
     if problems:
         raise ConfigInvalid(problems)
-    config = load_config(path, default_timezone=default_timezone)
+    config = compacted(lambda: load_config(path, default_timezone=default_timezone))
     if euid != 0:
         problems = account_problems(config, euid)
         if problems:

@@ -356,3 +356,13 @@ def test_sample_file_is_valid() -> None:
     cfg = load_config(Path(__file__).parent.parent / "etc" / "tasks.yaml", check_accounts=True)
     assert len(cfg.tasks) >= 8
     assert {t.type for t in cfg.tasks} == {"cron", "daemon"}
+
+
+def test_compacted_config_is_equal() -> None:
+    from gotorch.config import compacted
+
+    path = Path(__file__).parent.parent / "etc" / "tasks.yaml"
+    original = load_config(path)
+    again = compacted(lambda: load_config(path))
+    assert again == original and again.tasks == original.tasks
+    assert [t.line for t in again.tasks] == [t.line for t in original.tasks]
