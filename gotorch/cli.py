@@ -343,7 +343,6 @@ def start(config_opt: str | None, state_dir: str | None, host_ips: str | None, f
         # In the daemon: handlers, threads and the watcher are created only now, after the fork.
         try:
             logmod.configure(file=paths.logfile)
-            os.chmod(paths.logfile, 0o640)
         except OSError as exc:
             fail(f"cannot open log {paths.logfile}: {exc}")
             return 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -28,6 +29,8 @@ def configure(*, file: Path | None = None, stream: TextIO | None = None, as_json
         _handler.close()
     handler: logging.Handler
     if file is not None:
+        # Create it ourselves first: 0640 and never through a symlink someone planted.
+        os.close(os.open(file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640))
         # WatchedFileHandler notices logrotate's rename and reopens by itself; SIGHUP forces it.
         handler = logging.handlers.WatchedFileHandler(file, encoding="utf-8")
         use_json = True if as_json is None else as_json

@@ -276,3 +276,38 @@ def test_sighup_reopens_log(torch_daemon: Torch) -> None:
     os.kill(pid, signal.SIGHUP)
     wait_until(lambda: log.exists() and "run.end" in log.read_text(), 10, what="new log written")
     assert torch_daemon.run("stop").returncode == 0
+
+
+def test_second_sigterm_kills_at_once(torch_daemon: Torch) -> None:
+    torch_daemon.write("""\
+    version: 1
+    tasks:
+      - {name: deaf, schedule: "@reboot", command: "trap '' TERM; sleep 1000 & wait; wait"}
+    """)
+    torch_daemon.start("--stop-timeout", "60")
+    wait_until(lambda: len(torch_daemon.run_pids()) >= 2, 20, what="run up")
+    assert torch_daemon.proc is not None
+    torch_daemon.proc.send_signal(signal.SIGTERM)
+    torch_daemon.wait_event("stop.requested")
+    time.sleep(0.5)
+    assert torch_daemon.proc.poll() is None  # waiting out the 60 s stop timeout
+    t0 = time.monotonic()
+    assert torch_daemon.stop(signal.SIGTERM, timeout=20) == 0
+    assert time.monotonic() - t0 < 10
+    assert torch_daemon.find("stop.forced") is not None
+    assert torch_daemon.run_pids() == []
+
+
+def test_log_file_is_private_and_not_followed_through_symlinks(torch_daemon: Torch, tmp_path: Path) -> None:
+    torch_daemon.write(TICK.format(out=tmp_path / "out"))
+    torch_daemon.state.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("keep me\n")
+    (torch_daemon.state / "torch.log").symlink_to(victim)
+    r = torch_daemon.start_bg()
+    assert r.returncode == 1 and "cannot open log" in r.stderr
+    assert victim.read_text() == "keep me\n"
+    (torch_daemon.state / "torch.log").unlink()
+    assert torch_daemon.start_bg().returncode == 0
+    assert (torch_daemon.state / "torch.log").stat().st_mode & 0o777 == 0o640
+    assert torch_daemon.run("stop").returncode == 0
