@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / "bin"
 STAMP = VENV / ".torch-installed"
+WHEELHOUSE = VENV / "wheelhouse"
 
 
 def _ensure_venv() -> None:
@@ -34,9 +35,13 @@ def _ensure_venv() -> None:
     if STAMP.exists() and STAMP.read_text() == want:
         return
     print("dev.py: installing torch and its test dependencies", flush=True)
-    pip = [str(BIN / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "--upgrade", "pip"], check=True)
-    subprocess.run([*pip, "-e", f"{ROOT}[test]"], check=True)
+    pip = [str(BIN / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "install", "--upgrade", "pip"], check=True)
+    subprocess.run([*pip, "install", "-e", f"{ROOT}[test]"], check=True)
+    # Wheels of torch's runtime dependencies (and its build backend), so the packaging test can build
+    # the .deb without the network: tests reach nothing beyond loopback.
+    subprocess.run([*pip, "wheel", "--wheel-dir", str(WHEELHOUSE), str(ROOT), "setuptools>=77", "wheel"],
+                   check=True)
     STAMP.write_text(want)
 
 
