@@ -49,14 +49,20 @@ class FileWatcher:
 
     def start(self) -> str:
         """Start watching; fall back to polling if inotify is unavailable. Returns the mode used."""
-        handler = _Handler({self.path.name}, self._post)
+        # A symlinked task file (/etc/torch/tasks.yaml -> /srv/tasks-repo/tasks.yaml) changes where
+        # the link points to: watch the target's directory too.
+        watched = {self.path.parent: {self.path.name}}
+        target = self.path.resolve()
+        watched.setdefault(target.parent, set()).add(target.name)
         try:
             obs = Observer()
-            obs.schedule(handler, str(self.path.parent), recursive=False)
+            for directory, names in watched.items():
+                obs.schedule(_Handler(names, self._post), str(directory), recursive=False)
             obs.start()
         except OSError:
             obs = PollingObserver(timeout=1)
-            obs.schedule(handler, str(self.path.parent), recursive=False)
+            for directory, names in watched.items():
+                obs.schedule(_Handler(names, self._post), str(directory), recursive=False)
             obs.start()
             self.mode = "polling"
         self._observer = obs

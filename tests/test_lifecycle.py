@@ -311,3 +311,17 @@ def test_log_file_is_private_and_not_followed_through_symlinks(torch_daemon: Tor
     assert torch_daemon.start_bg().returncode == 0
     assert (torch_daemon.state / "torch.log").stat().st_mode & 0o777 == 0o640
     assert torch_daemon.run("stop").returncode == 0
+
+
+def test_symlinked_task_file_edit_reloads(torch_daemon: Torch, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    real = repo / "tasks.yaml"
+    real.write_text(TICK.format(out=tmp_path / "out"))
+    torch_daemon.config.symlink_to(real)
+    torch_daemon.start()
+    with open(real, "a") as f:
+        f.write('  - {name: via-link, schedule: "0 0 0 1 1 *", command: "true"}\n')
+    (applied,) = torch_daemon.wait_event("reload.applied")
+    assert applied["added"] == ["via-link"]
+    assert torch_daemon.stop() == 0
