@@ -235,7 +235,13 @@ def test_no_zombies_while_running(torch_daemon: Torch) -> None:
     torch_daemon.wait_event("run.end", task="orphaner", count=3)
     for _ in range(10):
         time.sleep(0.3)
-        assert zombie_children(pid) == [], describe_pids(zombie_children(pid))
+        # A child may be caught in the instant between its exit and the SIGCHLD being handled;
+        # a zombie that is still there a second later was never reaped.
+        seen = zombie_children(pid)
+        if seen:
+            time.sleep(1.0)
+            stuck = set(seen) & set(zombie_children(pid))
+            assert not stuck, describe_pids(sorted(stuck))
     assert torch_daemon.run("stop").returncode == 0
 
 

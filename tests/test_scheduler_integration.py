@@ -55,7 +55,8 @@ def test_timeout_kills_task_and_twenty_grandchildren(torch_daemon: Torch) -> Non
     wait_until(lambda: not torch_daemon.run_pids(), 10,
                what=lambda: describe_pids(torch_daemon.run_pids()))
     assert torch_daemon.proc is not None
-    assert zombie_children(torch_daemon.proc.pid) == []
+    daemon_pid = torch_daemon.proc.pid
+    wait_until(lambda: zombie_children(daemon_pid) == [], 5, what=lambda: f"zombies {zombie_children(daemon_pid)}")
     assert torch_daemon.stop() == 0
 
 
