@@ -386,7 +386,11 @@ def stop(config_opt: str | None, state_dir: str | None, timeout: float, kill: bo
     if pid is None:
         click.echo("torch is not running")
         return
-    os.kill(pid, signal.SIGTERM)
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:  # it exited between the check and the signal
+        click.echo("torch is not running")
+        return
     deadline = time.monotonic() + timeout
     while running_pid(paths.pidfile) == pid:
         if time.monotonic() > deadline:
@@ -445,12 +449,17 @@ def reload(config_opt: str | None, state_dir: str | None, timeout: float) -> Non
         _print_errors(exc.errors)
         click.echo("the daemon was not asked to reload; it keeps running the previous config", err=True)
         sys.exit(1)
-    os.kill(pid, signal.SIGUSR2)
+    try:
+        os.kill(pid, signal.SIGUSR2)
+    except ProcessLookupError:
+        click.echo("torch is not running", err=True)
+        sys.exit(1)
     deadline = time.monotonic() + timeout
     while True:
         time.sleep(0.05)
         now = _status(paths.socket)
-        if now is not None and now["reloads"] > before["reloads"]:
+        # A reload already in flight when we signalled is followed by ours: wait until none is pending.
+        if now is not None and now["reloads"] > before["reloads"] and not now["reload_pending"]:
             break
         if time.monotonic() > deadline:
             click.echo(f"torch (pid {pid}) did not report the reload within {timeout:g} s", err=True)

@@ -373,6 +373,16 @@ class _Entry:
     value_node: yaml.Node
 
 
+# Far above any real task file (10,000 tasks are ~200,000 values), far below what hurts.
+MAX_VALUES = 2_000_000
+
+
+class _TooBig(Exception):
+    def __init__(self, node: yaml.Node) -> None:
+        super().__init__("too many values")
+        self.node = node
+
+
 class _Walker:
     """Turns composed YAML nodes into Python values while collecting located errors."""
 
@@ -380,6 +390,7 @@ class _Walker:
         self.filename = filename
         self.loader = loader
         self.errors: list[ConfigError] = []
+        self.budget = MAX_VALUES
 
     def error(self, node: yaml.Node, field: str, problem: str, hint: str = "", task: str | None = None) -> None:
         mark = node.start_mark
@@ -387,6 +398,11 @@ class _Walker:
 
     def value(self, node: yaml.Node) -> Any:
         """Plain Python value of a node (scalars via PyYAML's safe constructor)."""
+        self.budget -= 1
+        if self.budget < 0:
+            # Aliases of aliases expand exponentially ("billion laughs"): a few hundred bytes would
+            # otherwise cost the daemon gigabytes while it parses a reload.
+            raise _TooBig(node)
         if isinstance(node, yaml.MappingNode):
             return {self.value(k): self.value(v) for k, v in self._pairs(node)}
         if isinstance(node, yaml.SequenceNode):
@@ -476,6 +492,12 @@ def parse_config(text: str, filename: str = "tasks.yaml", *, check_accounts: boo
             tasks = _parse_root(w, root, default_timezone or "UTC")
         except yaml.YAMLError as exc:  # a bad scalar surfaces while constructing values
             raise ConfigInvalid([*w.errors, _yaml_error(filename, exc, text)]) from None
+        except _TooBig as big:
+            mark = big.node.start_mark
+            raise ConfigInvalid([ConfigError(
+                filename, mark.line + 1, mark.column + 1, "yaml",
+                f"the file expands to more than {MAX_VALUES:,} values (aliases of aliases?)",
+                "use aliases only for small shared blocks, e.g. `<<: *defaults`")]) from None
         finally:
             _ACCOUNT_CHECKS = True
     finally:

@@ -115,12 +115,18 @@ class Pidfile:
     def acquire(self) -> None:
         """Open and lock the pidfile; AlreadyRunning if another process holds it."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = _read_pid(fd)
-            os.close(fd)
-            raise AlreadyRunning(pid, self.path) from None
+        # `torch status`/`stop` probe the lock by taking it shared for an instant; retry briefly so
+        # a probe racing this start is not mistaken for a running daemon.
+        for attempt in range(20):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == 19:
+                    pid = _read_pid(fd)
+                    os.close(fd)
+                    raise AlreadyRunning(pid, self.path) from None
+                time.sleep(0.01)
         self.stale_pid = _read_pid(fd)
         self.fd = fd
 

@@ -23,6 +23,12 @@ def configure(*, file: Path | None = None, stream: TextIO | None = None, as_json
               level: int = logging.INFO) -> None:
     """Send events to `file` (JSON, WatchedFileHandler) or `stream` (JSON unless it is a TTY)."""
     global _handler
+    # Events carry their own fields; skip what stdlib logging would gather for every record (the
+    # logging HOWTO's "Optimization" section): caller frame, thread and process names.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger(_LOGGER_NAME)
     if _handler is not None:
         root.removeHandler(_handler)
@@ -71,9 +77,14 @@ def reopen() -> None:
     if isinstance(_handler, logging.handlers.WatchedFileHandler):
         _handler.acquire()
         try:
-            if _handler.stream:
-                _handler.stream.close()
-            _handler.stream = _handler._open()
+            # Open the new file first: if that fails, keep writing to the old one rather than to nothing.
+            fd = os.open(_handler.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o640)
+            new = open(fd, "a", encoding="utf-8")  # noqa: SIM115 - the handler owns it from here
+            old, _handler.stream = _handler.stream, new
+            _handler._statstream()
+            if old:
+                old.close()
         finally:
             _handler.release()
 

@@ -42,8 +42,10 @@ from gotorch.schedule import next_fire_ts, repeats_at_least_hourly
 
 ON_TIME = 1.0
 BACKWARD_LIMIT = 3 * 3600
-# Counting missed fires walks the schedule; a */1 task after a week of suspend would walk 600k fires.
-MISSED_COUNT_CAP = 100_000
+# Counting missed fires walks the schedule on the loop (~4 us a fire): past this many per task we stop
+# counting one by one (the count is then reported with exact=false), so a suspend of days cannot wedge
+# the loop for seconds.
+MISSED_COUNT_CAP = 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +107,9 @@ class FireQueue:
         `precompute`) saves recomputing next fires a worker thread already worked out.
         """
         self.settle()
-        now = math.floor(wall)
+        # The last second the queue processed, not the wall clock: a reload applied just after a
+        # boundary, before that second's tick, must not skip a changed task's fire in that second.
+        now = math.floor(min(wall, self._last_wall)) if self._last_wall is not None else math.floor(wall)
         wanted = {t.name: t for t in tasks if t.schedule is not None and t.schedule.kind != "reboot"}
         for name in list(self._tasks):
             if name not in wanted:
@@ -231,6 +235,10 @@ class FireQueue:
             return ClockJump("backward", seconds, "recompute")
         for task in self._tasks.values():
             if task.schedule is not None and repeats_at_least_hourly(task.schedule):
+                # Fires on the new clock from now on: forget the instants past it, or a later edit
+                # (set_tasks starts after the last fired second) would silence the task for the jump.
+                if self._last_fired.get(task.name, now) > now:
+                    self._last_fired[task.name] = now
                 self._push(task, now)
         return ClockJump("backward", seconds, "keep_firing")
 
@@ -342,7 +350,11 @@ class Scheduler:
         self.stopping = False
         self.started_at = time.time()
         self._timer: asyncio.TimerHandle | None = None
-        self._handles: dict[str, set[asyncio.TimerHandle]] = {}
+        # Delayed starts per task: token -> (timer, scheduled second for a jittered fire, None for a
+        # daemon-task restart). Cancelling a jittered fire is reported, never silent.
+        self._delayed: dict[str, dict[int, tuple[asyncio.TimerHandle, int | None]]] = {}
+        self._tokens = itertools.count(1)
+        self._retired_runs: set[str] = set()  # daemon-task copies stopped because their definition went
         self._seq = itertools.count(1)
         self._id_prefix = f"{os.urandom(5).hex()}-"
         self._done = loop.create_future()
@@ -370,7 +382,7 @@ class Scheduler:
             if old[name].type == "daemon":
                 self._retire(name)
             else:
-                self._cancel_handles(name)
+                self._cancel_delayed(name, "reload")
         unchanged, changed = set(plan.unchanged), set(plan.changed)  # tuples: membership would be O(n)
         for name, (task, ip) in tasks.items():
             st = self.states.get(name)
@@ -397,15 +409,34 @@ class Scheduler:
         return plan
 
     def _retire(self, name: str) -> None:
-        st = self.states.pop(name, None)
-        self._cancel_handles(name)
+        st = self.states.get(name)
+        self._cancel_delayed(name, "reload")
+        self.states.pop(name, None)
         if st is not None and st.task.type == "daemon":
             for run in [r for r in self.runner.runs.values() if r.spec.task == name]:
+                self._retired_runs.add(run.spec.run_id)
                 self.runner.terminate(run)
 
-    def _cancel_handles(self, name: str) -> None:
-        for h in self._handles.pop(name, set()):
-            h.cancel()
+    def _delay(self, name: str, delay: float, scheduled: int | None, callback: Callable[[int], None]) -> None:
+        token = next(self._tokens)
+        handle = self.loop.call_later(delay, callback, token)
+        self._delayed.setdefault(name, {})[token] = (handle, scheduled)
+
+    def _take_delayed(self, name: str, token: int) -> bool:
+        """Forget a delayed start that is now due; False if it was cancelled meanwhile."""
+        entries = self._delayed.get(name)
+        if entries is None or entries.pop(token, None) is None:
+            return False
+        if not entries:
+            del self._delayed[name]
+        return True
+
+    def _cancel_delayed(self, name: str, reason: str) -> None:
+        for handle, scheduled in self._delayed.pop(name, {}).values():
+            handle.cancel()
+            if scheduled is not None:
+                self.log.info("skipped", task=name, scheduled_at=_iso(scheduled), reason=reason,
+                              detail="cancelled while waiting out its jitter")
         st = self.states.get(name)
         if st is not None:
             st.pending = 0
@@ -421,19 +452,23 @@ class Scheduler:
         self._timer = self.loop.call_later(max(0.0, target - wall - EARLY_WAKE), self._on_timer, target)
 
     def _on_timer(self, target: int) -> None:
-        if self.before_tick is not None:
-            self.before_tick()
-            if self.stopping:
-                return
-        remaining = target - time.time()
-        if 0 < remaining <= 2 * EARLY_WAKE:
-            time.sleep(remaining)
-        self.tick()
-        self.arm()
-        for fut in self._after_tick:
-            if not fut.done():
-                fut.set_result(None)
-        self._after_tick.clear()
+        try:
+            if self.before_tick is not None:
+                self.before_tick()
+                if self.stopping:
+                    return
+            remaining = target - time.time()
+            if 0 < remaining <= 2 * EARLY_WAKE:
+                time.sleep(remaining)
+            self.tick()
+        except Exception:  # never let one bad second stop every later one from firing
+            self.log.exception("tick.failed", second=_iso(target))
+        finally:
+            self.arm()
+            for fut in self._after_tick:
+                if not fut.done():
+                    fut.set_result(None)
+            self._after_tick.clear()
 
     async def after_next_tick(self) -> None:
         """Return right after the next second's fires started: the most time until the one after."""
@@ -474,18 +509,16 @@ class Scheduler:
         if delay > 0:
             st.pending += 1
             self.log.info("jitter", task=task.name, scheduled_at=_iso(fire.scheduled), delay_s=round(delay, 3))
-            handle: asyncio.TimerHandle = self.loop.call_later(delay, self._after_jitter, task, fire.scheduled)
-            self._handles.setdefault(task.name, set()).add(handle)
+            self._delay(task.name, delay, fire.scheduled,
+                        lambda token: self._after_jitter(task, fire.scheduled, token))
             return
         self._start(task, fire.scheduled)
 
-    def _after_jitter(self, task: Task, scheduled: int) -> None:
+    def _after_jitter(self, task: Task, scheduled: int, token: int) -> None:
         st = self.states.get(task.name)
-        if st is None or st.task != task or self.stopping:
+        if not self._take_delayed(task.name, token) or st is None or self.stopping:
             return
         st.pending -= 1
-        self._handles[task.name] = {h for h in self._handles.get(task.name, set()) if not h.cancelled()
-                                    and h.when() > self.loop.time()}
         self._start(task, scheduled)
 
     def _start(self, task: Task, scheduled: int | None) -> None:
@@ -507,6 +540,8 @@ class Scheduler:
 
     def _on_run_end(self, run: Run, result: RunResult) -> None:
         name = run.spec.task
+        replaced = run.spec.run_id in self._retired_runs
+        self._retired_runs.discard(run.spec.run_id)
         st = self.states.get(name)
         if st is None:
             return
@@ -516,18 +551,21 @@ class Scheduler:
             return
         if self.runner.running_count(name) + st.pending >= task.max_instances:
             return
+        if replaced:
+            # An old copy of a changed daemon task has gone: its successor starts now, no backoff.
+            self._start(task, None)
+            return
         uptime = time.time() - run.started_at
         delay = st.backoff.after_exit(uptime)
         st.restarts += 1
         st.pending += 1
         self.log.warning("daemon.restart", task=name, after_s=delay, uptime_s=round(uptime, 3),
                          exit_status=result.status, exit_code=result.exit_code, signal=result.signal)
-        handle = self.loop.call_later(delay, self._restart, task)
-        self._handles.setdefault(name, set()).add(handle)
+        self._delay(name, delay, None, lambda token: self._restart(task, token))
 
-    def _restart(self, task: Task) -> None:
+    def _restart(self, task: Task, token: int) -> None:
         st = self.states.get(task.name)
-        if st is None or st.task != task or self.stopping:
+        if not self._take_delayed(task.name, token) or st is None or st.task != task or self.stopping:
             return
         st.pending -= 1
         self._start(task, None)
@@ -546,8 +584,8 @@ class Scheduler:
         self.log.info("stop.requested", signal=signame, running=len(self.runner.runs))
         if self._timer is not None:
             self._timer.cancel()
-        for name in list(self._handles):
-            self._cancel_handles(name)
+        for name in list(self._delayed):
+            self._cancel_delayed(name, "stop")
         task = self.loop.create_task(self._shutdown())
         task.add_done_callback(lambda _t: None)
 

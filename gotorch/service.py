@@ -13,6 +13,7 @@ result inside the loop. A file that fails to validate changes nothing: the old c
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import gc
 import grp
@@ -111,37 +112,46 @@ class Service:
             signal.SIGHUP: self._reopen_log,
         })
         sched.before_tick = self._drain_signals
-        here, skipped = applicable(self.config, self.addresses)
-        self.log.info("daemon.start", pid=os.getpid(), config=str(self.config_path), hash=self.config.short_hash,
-                      generation=1, subreaper=subreaper, host_ips=[str(a) for a in self.addresses],
-                      tasks_here=len(here), tasks_elsewhere=len(skipped))
-        for name, (t, ip) in here.items():
-            self.log.info("task.applies", task=name, type=t.type, matched_ip=ip or "all hosts",
-                          schedule=t.schedule.text if t.schedule else None)
-        for name in skipped:
-            self.log.info("task.not_here", task=name)
-        sched.apply(here, at_start=True)
-        # Everything loaded so far lives as long as the config: keep the cyclic GC from rescanning it,
-        # a full collection over 10,000 tasks would stall a firing second by tens of milliseconds.
-        gc.collect()
-        gc.freeze()
-        sched.arm()
+        # Everything that can fail at start-up (socket, watcher) comes before the first run starts:
+        # a daemon that dies during start-up must not leave runs (or a fired @reboot) behind.
         server = await control.serve(self.paths.socket, self.handle_request)
-        if self.watch:
-            self.watcher = FileWatcher(loop, self.config_path, lambda: self.request_reload("file"))
-            mode = self.watcher.start()
-            self.log.info("watch.start", path=str(self.config_path), mode=mode)
-        if self.on_ready is not None:
-            self.on_ready()
-        self.notify(f"READY=1\nSTATUS={self._status_line()}\nMAINPID={os.getpid()}")
-        await sched.wait_stopped_requested()
-        self.notify(f"STOPPING=1\nSTATUS=stopping, {self._status_line()}")
-        if self.watcher is not None:
-            self.watcher.stop()
-        await sched.wait_stopped()
-        server.close()
-        with contextlib.suppress(OSError):
-            self.paths.socket.unlink()
+        try:
+            if self.watch:
+                self.watcher = FileWatcher(loop, self.config_path, lambda: self.request_reload("file"))
+                mode = self.watcher.start()
+                self.log.info("watch.start", path=str(self.config_path), mode=mode)
+            here, skipped = applicable(self.config, self.addresses)
+            self.log.info("daemon.start", pid=os.getpid(), config=str(self.config_path),
+                          hash=self.config.short_hash, generation=1, subreaper=subreaper,
+                          host_ips=[str(a) for a in self.addresses], tasks_here=len(here),
+                          tasks_elsewhere=len(skipped))
+            for name, (t, ip) in here.items():
+                self.log.info("task.applies", task=name, type=t.type, matched_ip=ip or "all hosts",
+                              schedule=t.schedule.text if t.schedule else None)
+            for name in skipped:
+                self.log.info("task.not_here", task=name)
+            sched.apply(here, at_start=True)
+            # Everything loaded so far lives as long as the config: keep the cyclic GC from rescanning
+            # it; a full collection over 10,000 tasks would stall a firing second by tens of ms.
+            gc.collect()
+            gc.freeze()
+            sched.arm()
+            if self.on_ready is not None:
+                self.on_ready()
+            self.notify(f"READY=1\nSTATUS={self._status_line()}\nMAINPID={os.getpid()}")
+            await sched.wait_stopped_requested()
+        finally:
+            # Also on an unexpected error: stop every run before going away, never orphan them.
+            if not sched.stopping:
+                self.log.error("daemon.failed", pid=os.getpid())
+                sched.request_stop("error")
+            self.notify(f"STOPPING=1\nSTATUS=stopping, {self._status_line()}")
+            if self.watcher is not None:
+                self.watcher.stop()
+            await sched.wait_stopped()
+            server.close()
+            with contextlib.suppress(OSError):
+                self.paths.socket.unlink()
         self.log.info("daemon.stop", pid=os.getpid())
         return 0
 
@@ -164,7 +174,7 @@ class Service:
         when woken and on every one-second tick.
         """
         self._signal_handlers = handlers
-        self._pending_signals: set[int] = set()
+        self._pending_signals: collections.deque[int] = collections.deque()  # every delivery counts
         for sig in handlers:
             loop.add_signal_handler(sig, self._drain_signals)
             signal.signal(sig, self._note_signal)
@@ -172,11 +182,15 @@ class Service:
         signal.set_wakeup_fd(fd, warn_on_full_buffer=False)  # a full buffer is handled; don't print
 
     def _note_signal(self, signum: int, frame: object) -> None:
-        self._pending_signals.add(signum)
+        self._pending_signals.append(signum)
 
     def _drain_signals(self) -> None:
         while self._pending_signals:
-            self._signal_handlers[self._pending_signals.pop()]()
+            signum = self._pending_signals.popleft()
+            try:
+                self._signal_handlers[signum]()
+            except Exception:  # one failing handler must not take the others (or the tick) down
+                self.log.exception("signal.handler_failed", signal=signal.Signals(signum).name)
 
     def _reopen_log(self) -> None:
         logmod.reopen()
@@ -232,7 +246,12 @@ class Service:
             applying = time.monotonic()
             here, _ = applicable(config, self.addresses)
             clear_caches()  # accounts named by tasks may have been created or changed since
-            plan = self.scheduler.apply(here, hints=hints)
+            try:
+                plan = self.scheduler.apply(here, hints=hints)
+            except Exception as exc:  # a bug, not a bad file: say so loudly, keep the daemon up
+                self.last_reload = ReloadResult(False, time.time(), trigger, [{"message": f"internal error: {exc!r}"}])
+                self.log.exception("reload.failed", trigger=trigger, generation=self.generation.number)
+                return
             gc.collect()
             gc.freeze()
             self.config = config
@@ -247,10 +266,11 @@ class Service:
         finally:
             self.reloads += 1
             self._reloading = False
-            self.notify(f"READY=1\nSTATUS={self._status_line()}")
-            if self._reload_again:
-                self._reload_again = False
-                self.request_reload(trigger)
+            if not self.scheduler.stopping:  # after STOPPING=1, systemd must not hear READY=1 again
+                self.notify(f"READY=1\nSTATUS={self._status_line()}")
+                if self._reload_again:
+                    self._reload_again = False
+                    self.request_reload(trigger)
 
     # -- status ------------------------------------------------------------------------------------
 
@@ -286,6 +306,7 @@ class Service:
             "generation_applied_at": _iso(g.applied_at),
             "last_change": {"added": list(g.added), "removed": list(g.removed), "changed": list(g.changed)},
             "reloads": self.reloads,
+            "reload_pending": self._reloading or self._reload_again,
             "last_reload": None if self.last_reload is None else {
                 "ok": self.last_reload.ok, "at": _iso(self.last_reload.at), "trigger": self.last_reload.trigger,
                 "errors": self.last_reload.errors},

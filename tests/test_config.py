@@ -366,3 +366,14 @@ def test_compacted_config_is_equal() -> None:
     again = compacted(lambda: load_config(path))
     assert again == original and again.tasks == original.tasks
     assert [t.line for t in again.tasks] == [t.line for t in original.tasks]
+
+
+def test_alias_bomb_is_refused_quickly() -> None:
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):
+        prev = f"*a{i - 1}"
+        levels.append(f"a{i}: &a{i} [{', '.join([prev] * 10)}]")
+    text = ("version: 1\nbomb:\n" + "\n".join("  " + x for x in levels)
+            + '\ntasks:\n  - {name: a, schedule: "@daily", command: *a8}\n')
+    errs = errors(text)
+    assert any("expands to more than" in e for e in errs), errs

@@ -187,6 +187,7 @@ def test_reload_command_and_diff_semantics(torch_daemon: Torch) -> None:
     assert "+fresh" in r.stdout and "-drop" in r.stdout and "-long" in r.stdout and "~alter" in r.stdout
     torch_daemon.wait_event("run.end", task="drop")
     torch_daemon.wait_event("run.start", task="alter", count=2)
+    assert torch_daemon.find("daemon.restart", task="alter") is None  # replaced, not crashed: no backoff
     torch_daemon.wait_event("run.start", task="fresh")
     # unchanged daemon task: same process; removed cron task: its running instance finishes on its own
     assert torch_daemon.find("run.end", task="keep") is None
@@ -331,3 +332,41 @@ def test_symlinked_task_file_edit_reloads(torch_daemon: Torch, tmp_path: Path) -
     (applied,) = torch_daemon.wait_event("reload.applied")
     assert applied["added"] == ["via-link"]
     assert torch_daemon.stop() == 0
+
+
+def test_startup_failure_starts_no_runs(torch_daemon: Torch) -> None:
+    torch_daemon.write("""\
+    version: 1
+    tasks:
+      - {name: keeper, type: daemon, command: [sleep, "1000"]}
+      - {name: boot, schedule: "@reboot", command: [sleep, "999"]}
+    """)
+    torch_daemon.state.mkdir()
+    (torch_daemon.state / "torch.sock").write_text("not a socket")
+    r = torch_daemon.start_bg()
+    assert r.returncode == 1, r.stdout
+    assert "torch.sock" in r.stderr
+    time.sleep(1)
+    assert torch_daemon.run_pids() == [], describe_pids(torch_daemon.run_pids())
+    assert not (torch_daemon.state / "torch.pid").exists()
+
+
+def test_jittered_fire_cancelled_by_reload_is_reported(torch_daemon: Torch) -> None:
+    torch_daemon.write("""\
+    version: 1
+    tasks:
+      - {name: jit, schedule: "* * * * * *", command: "true", jitter: 1h}
+    """)
+    torch_daemon.start()
+    torch_daemon.wait_event("jitter", task="jit")
+    torch_daemon.write("""\
+    version: 1
+    tasks:
+      - {name: jit, schedule: "* * * * * *", command: "true ", jitter: 1h}
+    """)
+    torch_daemon.wait_event("reload.applied")
+    skipped = torch_daemon.wait_event("skipped", task="jit", reason="reload")
+    assert skipped[0]["scheduled_at"] == torch_daemon.find("jitter", task="jit")["scheduled_at"]  # type: ignore[index]
+    torch_daemon.wait_event("jitter", task="jit", count=2)  # the new definition's first fire, waiting
+    assert torch_daemon.stop() == 0
+    assert torch_daemon.find("skipped", task="jit", reason="stop") is not None

@@ -36,3 +36,29 @@ def test_non_root_daemon_refuses_other_users() -> None:
     cfg = parse_config(TEXT, "t.yaml")
     (problem,) = account_problems(cfg, nobody)
     assert str(problem).startswith("t.yaml:7:1: task 'e': user: runs as user 'root', but torch is not running as root")
+
+
+def test_a_failing_tick_does_not_stop_later_ticks(tmp_path: object) -> None:
+    import asyncio
+    from pathlib import Path
+
+    from gotorch.scheduler import Scheduler
+
+    calls: list[int] = []
+
+    async def main() -> None:
+        sched = Scheduler(asyncio.get_running_loop(), state_dir=Path(str(tmp_path)))
+
+        def flaky() -> None:
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("boom")
+
+        sched.before_tick = flaky
+        sched.arm()
+        await asyncio.sleep(3.2)  # real clock: at least two more boundaries pass
+        sched.request_stop("test")
+        await sched.wait_stopped()
+
+    asyncio.run(main())
+    assert len(calls) >= 3
