@@ -91,7 +91,10 @@ def _torch_tasks(recorder: Path, record: Path, due: list[str], idle: int) -> str
 
 def _run_torch(d: Path, tasks: str, seconds: int) -> tuple[float, float]:
     """Run torch in the foreground for `seconds` after it is ready; return (CPU %, RSS MB) over that window."""
-    cfg = d / "tasks.yaml"
+    # The task file sits in a directory of its own, as /etc/torch does: the daemon watches that
+    # directory, and the recorders' busy output file beside it would wake the watcher constantly.
+    (d / "etc").mkdir(exist_ok=True)
+    cfg = d / "etc" / "tasks.yaml"
     cfg.write_text(tasks)
     log = open(d / "torch.log", "wb")  # noqa: SIM115
     env = dict(os.environ, TORCH_STATE_DIR=str(d / "state"), TORCH_HOST_IPS="127.0.0.1")
@@ -192,7 +195,8 @@ def bench_reload() -> None:
         d = Path(tmp)
         rec = _compile_recorder(d)
         record = d / "torch.rec"
-        cfg = d / "tasks.yaml"
+        (d / "etc").mkdir()
+        cfg = d / "etc" / "tasks.yaml"
         cfg.write_text(_torch_tasks(rec, record, ["* * * * * *"], 10_000))
         log = open(d / "torch.log", "wb")  # noqa: SIM115
         env = dict(os.environ, TORCH_STATE_DIR=str(d / "state"), TORCH_HOST_IPS="127.0.0.1")
@@ -207,7 +211,7 @@ def bench_reload() -> None:
                 # Change every idle task (new command): the diff touches all 10,000.
                 text = cfg.read_text().replace(f"command: [/bin/true{'' if i == 0 else f', {i}'}]",
                                                f"command: [/bin/true, {i + 1}]")
-                tmpf = d / ".tasks.yaml.new"
+                tmpf = d / "etc" / ".tasks.yaml.new"
                 tmpf.write_text(text)
                 os.rename(tmpf, cfg)  # the watcher picks it up: rename-over, as git does
                 time.sleep(6)

@@ -662,17 +662,20 @@ def check_permissions(path: str | Path, euid: int) -> list[ConfigError]:
     return errors
 
 
-def compacted(load: Callable[[], Config]) -> Config:
+def compacted(load: Callable[[], Config], *, collect: bool = True) -> Config:
     """Run `load` and return its Config rebuilt in fresh memory, giving the parser's garbage back.
 
     Parsing 10,000 tasks peaks at ~60 MB of YAML nodes with positions. The few MB of tasks that
     survive are scattered over the allocator arenas those nodes used and pin them: a daemon would
     keep ~95 MB resident for ~10 MB of live data. A pickle round trip after the garbage is freed
     lays the config out compactly (measured: 95 -> 50 MB). Only long-lived processes need this.
+    `collect=False` skips the full garbage collection, which holds the GIL throughout: a reload
+    thread must not stall the loop (the daemon collects right after applying instead).
     """
     blob = pickle.dumps(load(), protocol=pickle.HIGHEST_PROTOCOL)
     forget_parsed()  # the parse caches hold Schedule objects from the scattered arenas too
-    gc.collect()
+    if collect:
+        gc.collect()
     _malloc_trim()
     config: Config = pickle.loads(blob)
     return config

@@ -20,6 +20,7 @@ import grp
 import os
 import pwd
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -101,6 +102,9 @@ class Service:
         """Run until SIGTERM/SIGINT and every run has ended; return the exit code (0)."""
         loop = asyncio.get_running_loop()
         self.loop = loop
+        # The loop must get the GIL back quickly when a boundary comes while the reload thread parses
+        # (or the watcher thread works): the default 5 ms hand-over would be 5 ms of lateness.
+        sys.setswitchinterval(0.0005)
         subreaper = set_child_subreaper()
         sched = Scheduler(loop, state_dir=self.paths.state_dir, stop_timeout=self.stop_timeout)
         self.scheduler = sched
@@ -219,7 +223,7 @@ class Service:
             tz = local_timezone().key
             # Parsing a big file takes a while: do it off the loop so firing never waits for it.
             def parse() -> tuple[Config, FireHints]:
-                cfg = load_for_daemon(self.config_path, tz)
+                cfg = load_for_daemon(self.config_path, tz, collect=False)
                 return cfg, precompute(cfg.tasks, time.time())
 
             config, hints = await self.loop.run_in_executor(None, parse)
@@ -320,13 +324,13 @@ def _iso(ts: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-def load_for_daemon(path: Path, default_timezone: str) -> Config:
+def load_for_daemon(path: Path, default_timezone: str, *, collect: bool = True) -> Config:
     """Load the task file the daemon will run: ownership/permission checks first, then validation."""
     euid = os.geteuid()
     problems = check_permissions(path, euid)
     if problems:
         raise ConfigInvalid(problems)
-    config = compacted(lambda: load_config(path, default_timezone=default_timezone))
+    config = compacted(lambda: load_config(path, default_timezone=default_timezone), collect=collect)
     if euid != 0:
         problems = account_problems(config, euid)
         if problems:
