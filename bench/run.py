@@ -16,6 +16,7 @@ Set BENCH_SECONDS to change the measuring window of each scenario (default 30).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import statistics
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -89,8 +90,9 @@ def _torch_tasks(recorder: Path, record: Path, due: list[str], idle: int) -> str
     return "\n".join(lines) + "\n"
 
 
-def _run_torch(d: Path, tasks: str, seconds: int) -> tuple[float, float]:
-    """Run torch in the foreground for `seconds` after it is ready; return (CPU %, RSS MB) over that window."""
+@contextlib.contextmanager
+def _torch(d: Path, tasks: str) -> Iterator[tuple[psutil.Process, Path]]:
+    """torch in the foreground on `tasks`, ready (daemon.start logged); yields (process, task file)."""
     # The task file sits in a directory of its own, as /etc/torch does: the daemon watches that
     # directory, and the recorders' busy output file beside it would wake the watcher constantly.
     (d / "etc").mkdir(exist_ok=True)
@@ -105,18 +107,22 @@ def _run_torch(d: Path, tasks: str, seconds: int) -> tuple[float, float]:
             if proc.poll() is not None:
                 raise SystemExit((d / "torch.log").read_text()[-2000:])
             time.sleep(0.1)
-        p = psutil.Process(proc.pid)
+        yield psutil.Process(proc.pid), cfg
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        log.close()
+
+
+def _run_torch(d: Path, tasks: str, seconds: int) -> tuple[float, float]:
+    """Run torch for `seconds` after it is ready; return (CPU %, RSS MB) over that window."""
+    with _torch(d, tasks) as (p, _):
         time.sleep(2)  # let start-up work (first next-fire of every task) settle
         c0, t0 = p.cpu_times(), time.monotonic()
         time.sleep(seconds)
         c1, t1 = p.cpu_times(), time.monotonic()
         rss = p.memory_info().rss / 1e6
-        cpu = ((c1.user + c1.system) - (c0.user + c0.system)) / (t1 - t0) * 100
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
-        log.close()
-    return cpu, rss
+    return ((c1.user + c1.system) - (c0.user + c0.system)) / (t1 - t0) * 100, rss
 
 
 def _run_floor(recorder: Path, record: Path, seconds: int, per_second: int) -> tuple[float, float]:
@@ -195,16 +201,7 @@ def bench_reload() -> None:
         d = Path(tmp)
         rec = _compile_recorder(d)
         record = d / "torch.rec"
-        (d / "etc").mkdir()
-        cfg = d / "etc" / "tasks.yaml"
-        cfg.write_text(_torch_tasks(rec, record, ["* * * * * *"], 10_000))
-        log = open(d / "torch.log", "wb")  # noqa: SIM115
-        env = dict(os.environ, TORCH_STATE_DIR=str(d / "state"), TORCH_HOST_IPS="127.0.0.1")
-        proc = subprocess.Popen([sys.executable, "-m", "gotorch", "start", "--foreground", "-c", str(cfg)],
-                                stdout=log, stderr=log, env=env)
-        try:
-            while b"daemon.start" not in (d / "torch.log").read_bytes():
-                time.sleep(0.1)
+        with _torch(d, _torch_tasks(rec, record, ["* * * * * *"], 10_000)) as (_, cfg):
             time.sleep(3)
             first = int(time.time())
             for i in range(3):
@@ -216,10 +213,6 @@ def bench_reload() -> None:
                 os.rename(tmpf, cfg)  # the watcher picks it up: rename-over, as git does
                 time.sleep(6)
             last = int(time.time()) - 2
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
-            log.close()
         events = [json.loads(x) for x in (d / "torch.log").read_text().splitlines() if x.startswith("{")]
         reloads = [e for e in events if e.get("event") == "reload.applied"]
         lat = _lateness_ms(record)

@@ -223,8 +223,14 @@ class Service:
             tz = local_timezone().key
             # Parsing a big file takes a while: do it off the loop so firing never waits for it.
             def parse() -> tuple[Config, FireHints]:
-                cfg = load_for_daemon(self.config_path, tz, collect=False)
-                return cfg, precompute(cfg.tasks, time.time())
+                # A collection triggered by this allocation-heavy parse would run in this thread over
+                # the whole heap, holding the GIL for tens of ms; the loop collects after applying.
+                gc.disable()
+                try:
+                    cfg = load_for_daemon(self.config_path, tz, collect=False)
+                    return cfg, precompute(cfg.tasks, time.time())
+                finally:
+                    gc.enable()
 
             config, hints = await self.loop.run_in_executor(None, parse)
         except ConfigInvalid as exc:
