@@ -129,10 +129,6 @@ class FireQueue:
                     continue
             self._push(task, after)
 
-    def tasks(self) -> dict[str, Task]:
-        """The scheduled tasks by name."""
-        return dict(self._tasks)
-
     def next_fire(self, name: str) -> int | None:
         """The next fire second of task `name`, if scheduled."""
         self.settle()
@@ -386,14 +382,13 @@ class Scheduler:
         unchanged, changed = set(plan.unchanged), set(plan.changed)  # tuples: membership would be O(n)
         for name, (task, ip) in tasks.items():
             st = self.states.get(name)
-            if st is None or name not in unchanged:
-                keep = st if st is not None and name in changed and old[name].type == "cron" else None
-                self.states[name] = TaskState(task, ip, pending=keep.pending if keep else 0,
-                                              last_status=keep.last_status if keep else None,
-                                              last_end=keep.last_end if keep else None,
-                                              last_scheduled=keep.last_scheduled if keep else None)
-            else:
+            if st is not None and name in unchanged:
                 st.task, st.matched_ip = task, ip
+                continue
+            fresh = TaskState(task, ip)
+            if st is not None and name in changed:  # a changed cron task: its run history carries over
+                fresh.last_status, fresh.last_end, fresh.last_scheduled = st.last_status, st.last_end, st.last_scheduled
+            self.states[name] = fresh
         self.queue.set_tasks((t for t, _ in tasks.values() if t.type == "cron"), wall, hints)
         for name in (*plan.added, *plan.changed):
             task = tasks[name][0]

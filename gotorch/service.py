@@ -303,6 +303,7 @@ class Service:
                     "matched_ip": st.matched_ip,
                     "running": sched.runner.running_count(name),
                     "last_status": st.last_status, "last_end": _iso(st.last_end),
+                    "last_scheduled": _iso(st.last_scheduled),
                     "next_fire": _iso(nxt),
                     "restarts": st.restarts,
                 })
