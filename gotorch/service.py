@@ -76,13 +76,15 @@ class Service:
     """Wires the Scheduler to signals, reloads and the status file, inside one event loop."""
 
     def __init__(self, config_path: Path, config: Config, *, paths: Paths, addresses: list[IPAddress],
-                 stop_timeout: float = 10.0, on_ready: Callable[[], None] | None = None,
+                 host_ips: str | None = None, stop_timeout: float = 10.0, on_ready: Callable[[], None] | None = None,
                  notify: Callable[[str], None] | None = None, watch: bool = True) -> None:
         self.config_path = config_path
         self.config = config
         self.paths = paths
         self.watch = watch
         self.addresses = addresses
+        self.host_ips = host_ips  # the --host-ips override, if any; else interfaces are re-read on reload
+        self.next_addresses = addresses
         self.stop_timeout = stop_timeout
         self.on_ready = on_ready
         self.notify = notify or (lambda _msg: None)
@@ -228,6 +230,8 @@ class Service:
                 gc.disable()
                 try:
                     cfg = load_for_daemon(self.config_path, tz, collect=False)
+                    # Addresses too may have changed (DHCP, a new alias): a reload re-reads them.
+                    self.next_addresses = host_addresses(self.host_ips)
                     return cfg, precompute(cfg.tasks, time.time())
                 finally:
                     gc.enable()
@@ -243,7 +247,7 @@ class Service:
         else:
             if self.scheduler.stopping:
                 return
-            if config.digest == self.config.digest:
+            if config.digest == self.config.digest and self.next_addresses == self.addresses:
                 # Same bytes (a touch, a chmod, an editor saving twice): not a new generation.
                 self.last_reload = ReloadResult(True, time.time(), trigger)
                 self.log.info("reload.unchanged", trigger=trigger, generation=self.generation.number)
@@ -254,6 +258,10 @@ class Service:
             if self.scheduler.stopping:
                 return
             applying = time.monotonic()
+            if self.next_addresses != self.addresses:
+                self.log.info("host.addresses_changed", before=[str(a) for a in self.addresses],
+                              after=[str(a) for a in self.next_addresses])
+                self.addresses = self.next_addresses
             here, _ = applicable(config, self.addresses)
             clear_caches()  # accounts named by tasks may have been created or changed since
             try:
@@ -363,6 +371,6 @@ def serve(config_path: Path, config: Config, *, paths: Paths, host_ips: str | No
           stop_timeout: float = 10.0, on_ready: Callable[[], None] | None = None,
           notify: Callable[[str], None] | None = None) -> int:
     """Run the daemon body in this process until stopped; the caller has set up logging and paths."""
-    service = Service(config_path, config, paths=paths, addresses=host_addresses(host_ips),
+    service = Service(config_path, config, paths=paths, addresses=host_addresses(host_ips), host_ips=host_ips,
                       stop_timeout=stop_timeout, on_ready=on_ready, notify=notify)
     return asyncio.run(service.run())

@@ -370,3 +370,18 @@ def test_jittered_fire_cancelled_by_reload_is_reported(torch_daemon: Torch) -> N
     torch_daemon.wait_event("jitter", task="jit", count=2)  # the new definition's first fire, waiting
     assert torch_daemon.stop() == 0
     assert torch_daemon.find("skipped", task="jit", reason="stop") is not None
+
+
+def test_reload_of_unchanged_file_and_addresses_is_no_new_generation(torch_daemon: Torch) -> None:
+    torch_daemon.write("""\
+    version: 1
+    tasks:
+      - {name: only-here, schedule: "0 0 0 1 1 *", command: "true", ips: [10.77.0.1]}
+    """)
+    torch_daemon.start(TORCH_HOST_IPS="10.77.0.2")
+    assert torch_daemon.find("task.not_here", task="only-here")
+    # Same bytes, same (overridden) addresses: no new generation. The netns test covers a changed address.
+    assert torch_daemon.proc is not None
+    torch_daemon.proc.send_signal(signal.SIGUSR2)
+    torch_daemon.wait_event("reload.unchanged")
+    assert torch_daemon.stop() == 0
