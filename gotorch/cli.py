@@ -19,7 +19,7 @@ import click
 from gotorch import __version__
 from gotorch.config import Config, ConfigError, ConfigInvalid, Task, load_config
 from gotorch.durations import format_duration
-from gotorch.hosts import HostMatch, host_addresses, local_timezone, match
+from gotorch.hosts import host_addresses, local_timezone, match
 from gotorch.schedule import Fire, dst_warnings, fires
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -181,7 +181,7 @@ def next_fires(config: Config, names: list[str], n: int, start: datetime | None)
     return out
 
 
-def _fire_note(t: Task, f: Fire) -> str:
+def _fire_note(f: Fire) -> str:
     if f.dst == "gap":
         return "  (DST: shifted; the scheduled wall time does not exist this day)"
     if f.dst == "repeat":
@@ -217,7 +217,7 @@ def next_cmd(args: tuple[str, ...], config_opt: str | None, state_dir: str | Non
                    if t.type == "daemon" else "fires once when the daemon starts")
             click.echo(f"  no scheduled fires: {why}")
         for f in got:
-            click.echo(f"  {f.at.isoformat(sep=' ')}{_fire_note(t, f)}")
+            click.echo(f"  {f.at.isoformat(sep=' ')}{_fire_note(f)}")
 
 
 # --- list ----------------------------------------------------------------------------------------
@@ -237,7 +237,7 @@ def task_rows(config: Config, addresses_override: str | None) -> list[dict[str, 
     addresses = host_addresses(addresses_override)
     rows = []
     for t in config.tasks:
-        m: HostMatch = match(t.ips, addresses)
+        m = match(t.ips, addresses)
         rows.append({
             "name": t.name,
             "type": t.type,
