@@ -152,51 +152,53 @@ def torch_daemon(tmp_path: Path) -> Iterator[Torch]:
             os.kill(pid, signal.SIGKILL)
 
 
+def _proc_stat(pid: int | str) -> tuple[str, int] | None:
+    """(state, ppid) of a process from /proc, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0].decode(), int(fields[1])
+
+
+def _pids() -> list[int]:
+    return [int(e) for e in os.listdir("/proc") if e.isdigit()]
+
+
 def pids_with_env(var: str, value: str | None = None) -> list[int]:
     """Live (non-zombie) processes whose environment has `var` (= `value`, if given)."""
     needle = f"{var}=".encode() + (value.encode() if value is not None else b"")
     found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for pid in _pids():
         try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
+            with open(f"/proc/{pid}/environ", "rb") as f:
                 env = f.read().split(b"\0")
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
         except OSError:
             continue
-        if state != b"Z" and any(e.startswith(needle) if value is None else e == needle for e in env):
-            found.append(int(entry))
+        stat = _proc_stat(pid)
+        if stat is not None and stat[0] != "Z" and any(
+                e.startswith(needle) if value is None else e == needle for e in env):
+            found.append(pid)
     return found
 
 
 def zombie_children(pid: int) -> list[int]:
     """Zombie processes whose parent is `pid`."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] == b"Z" and int(fields[1]) == pid:
-            out.append(int(entry))
-    return out
+    return [p for p in _pids() if _proc_stat(p) == ("Z", pid)]
 
 
 def describe_pids(pids: list[int]) -> str:
     """`pid state ppid cmdline` for each pid, for failure messages."""
     out = []
     for pid in pids:
+        stat = _proc_stat(pid)
         try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-            out.append(f"{pid} {fields[0].decode()} ppid={int(fields[1])} {cmd}")
+            if stat is None:
+                raise OSError
+            out.append(f"{pid} {stat[0]} ppid={stat[1]} {cmd}")
         except OSError:
             out.append(f"{pid} gone")
     return "; ".join(out)
