@@ -304,7 +304,8 @@ def start(config_opt: str | None, state_dir: str | None, host_ips: str | None, f
     """
     from gotorch import log as logmod
     from gotorch.daemon import AlreadyRunning, Pidfile, daemonize, resolve_paths, sd_notify
-    from gotorch.service import load_for_daemon, serve
+    from gotorch.loader import load_for_daemon
+    from gotorch.service import serve
 
     path = resolve_config(config_opt, None).absolute()
     try:
@@ -429,7 +430,7 @@ def reload(config_opt: str | None, state_dir: str | None, timeout: float) -> Non
     import time
 
     from gotorch.daemon import resolve_paths
-    from gotorch.service import load_for_daemon
+    from gotorch.loader import load_for_daemon
 
     paths = resolve_paths(state_dir)
     pid = _daemon_pid(paths.pidfile)

@@ -22,7 +22,6 @@ import os
 import pickle
 import pwd
 import re
-import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -35,6 +34,7 @@ import yaml
 from gotorch.durations import DURATION_HINT, SIZE_HINT, parse_duration, parse_size
 from gotorch.hosts import IPNetwork
 from gotorch.schedule import Schedule, ScheduleError, forget_parsed, parse_schedule
+from gotorch.trustedfs import FileBytes, Untrusted, read_file
 
 TaskType = Literal["cron", "daemon"]
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -377,10 +377,39 @@ class _Entry:
 MAX_VALUES = 2_000_000
 
 
-class _TooBig(Exception):
-    def __init__(self, node: yaml.Node) -> None:
-        super().__init__("too many values")
+# No task file needs more than a handful of levels; libyaml stops at 1,000 but our walk recurses, and
+# ~500 levels overflowed Python's stack with a 999-frame traceback.
+MAX_DEPTH = 64
+# Tags a plain task file can carry: YAML's own types, as the safe resolver assigns them. Anything else
+# (`!!python/object:...`, `!custom`) would otherwise be silently read as its bare mapping or string.
+_PLAIN_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq",
+                                                           "merge", "timestamp"))
+
+
+class _Fatal(Exception):
+    """A problem that stops the walk at once: the file as a whole cannot be read as a task file."""
+
+    def __init__(self, node: yaml.Node, problem: str, hint: str) -> None:
+        super().__init__(problem)
         self.node = node
+        self.problem = problem
+        self.hint = hint
+
+
+def _too_big(node: yaml.Node) -> _Fatal:
+    return _Fatal(node, f"the file expands to more than {MAX_VALUES:,} values (aliases of aliases?)",
+                  "use aliases only for small shared blocks, e.g. `<<: *defaults`")
+
+
+def _too_deep(node: yaml.Node) -> _Fatal:
+    return _Fatal(node, f"values are nested more than {MAX_DEPTH} levels deep",
+                  "a task file needs only a few levels: task list, task, env or command list")
+
+
+def _plain(node: yaml.Node) -> None:
+    if node.tag not in _PLAIN_TAGS:
+        raise _Fatal(node, f"YAML tag {node.tag!r} is not allowed",
+                     "remove the tag: torch reads plain YAML values (strings, numbers, booleans, lists, mappings)")
 
 
 class _Walker:
@@ -396,17 +425,20 @@ class _Walker:
         mark = node.start_mark
         self.errors.append(ConfigError(self.filename, mark.line + 1, mark.column + 1, field, problem, hint, task))
 
-    def value(self, node: yaml.Node) -> Any:
+    def value(self, node: yaml.Node, depth: int = 0) -> Any:
         """Plain Python value of a node (scalars via PyYAML's safe constructor)."""
         self.budget -= 1
         if self.budget < 0:
             # Aliases of aliases expand exponentially ("billion laughs"): a few hundred bytes would
             # otherwise cost the daemon gigabytes while it parses a reload.
-            raise _TooBig(node)
+            raise _too_big(node)
+        if depth > MAX_DEPTH:
+            raise _too_deep(node)
+        _plain(node)
         if isinstance(node, yaml.MappingNode):
-            return {self.value(k): self.value(v) for k, v in self._pairs(node)}
+            return {self.value(k, depth + 1): self.value(v, depth + 1) for k, v in self._pairs(node)}
         if isinstance(node, yaml.SequenceNode):
-            return [self.value(n) for n in node.value]
+            return [self.value(n, depth + 1) for n in node.value]
         return self.loader.construct_object(node, deep=True)
 
     def _pairs(self, node: yaml.MappingNode) -> list[tuple[yaml.Node, yaml.Node]]:
@@ -418,6 +450,7 @@ class _Walker:
         """Entries of a mapping node by key, reporting duplicate keys (PyYAML would keep the last silently)."""
         if not isinstance(node, yaml.MappingNode):
             return None
+        _plain(node)
         has_merge = any(k.tag == "tag:yaml.org,2002:merge" for k, _ in node.value)
         seen: dict[str, _Entry] = {}
         for key_node, value_node in node.value:
@@ -492,12 +525,10 @@ def parse_config(text: str, filename: str = "tasks.yaml", *, check_accounts: boo
             tasks = _parse_root(w, root, default_timezone or "UTC")
         except yaml.YAMLError as exc:  # a bad scalar surfaces while constructing values
             raise ConfigInvalid([*w.errors, _yaml_error(filename, exc, text)]) from None
-        except _TooBig as big:
-            mark = big.node.start_mark
-            raise ConfigInvalid([ConfigError(
-                filename, mark.line + 1, mark.column + 1, "yaml",
-                f"the file expands to more than {MAX_VALUES:,} values (aliases of aliases?)",
-                "use aliases only for small shared blocks, e.g. `<<: *defaults`")]) from None
+        except _Fatal as fatal:
+            mark = fatal.node.start_mark
+            raise ConfigInvalid([*w.errors, ConfigError(filename, mark.line + 1, mark.column + 1, "yaml",
+                                                        fatal.problem, fatal.hint)]) from None
         finally:
             _ACCOUNT_CHECKS = True
     finally:
@@ -536,7 +567,11 @@ def _parse_root(w: _Walker, root: yaml.Node | None, host_tz: str) -> list[Task]:
         w.error(root, "tasks", "missing", "add a `tasks:` list (it may be empty: tasks: [])")
         return []
     tasks_node = top["tasks"].value_node
+    _plain(tasks_node)
     if isinstance(tasks_node, yaml.ScalarNode) and w.value(tasks_node) is None:
+        # A file cut off right after `tasks:` (a half-written save) must not remove every task.
+        w.error(tasks_node, "tasks", "is empty (null)",
+                "list the tasks, or write `tasks: []` to run none on purpose")
         return []
     if not isinstance(tasks_node, yaml.SequenceNode):
         w.error(tasks_node, "tasks", "must be a list of tasks", "start each task with `- name: ...`")
@@ -635,33 +670,6 @@ def _parse_task(w: _Walker, node: yaml.Node, index: int, defaults: dict[str, Any
     return name, Task(name=name, line=line, **values)
 
 
-def check_permissions(path: str | Path, euid: int) -> list[ConfigError]:
-    """Refuse a task file others could have written, as cron refuses such crontabs.
-
-    Run as root: the file and its directory must be owned by root and not writable by group or
-    others (a task file is a list of commands root will run). Otherwise: not writable by others.
-    """
-    p = Path(path)
-    errors: list[ConfigError] = []
-    for target, what in ((p, "the task file"), (p.parent, "the task file's directory")):
-        try:
-            st = os.stat(target)
-        except OSError:
-            continue  # a missing file is reported by load_config with a better message
-        mode = stat.S_IMODE(st.st_mode)
-        sticky_dir = target is not p and mode & stat.S_ISVTX
-        if euid == 0 and st.st_uid != 0:
-            errors.append(ConfigError(str(p), 0, 0, "", f"{what} {target} is owned by uid {st.st_uid}, not root",
-                                      f"run: chown root {target} (a root daemon runs only files root controls)"))
-        if euid == 0 and mode & stat.S_IWGRP:
-            errors.append(ConfigError(str(p), 0, 0, "", f"{what} {target} is group-writable (mode {mode:04o})",
-                                      f"run: chmod g-w {target}"))
-        if mode & stat.S_IWOTH and not sticky_dir:
-            errors.append(ConfigError(str(p), 0, 0, "", f"{what} {target} is writable by others (mode {mode:04o})",
-                                      f"run: chmod o-w {target}"))
-    return errors
-
-
 def compacted(load: Callable[[], Config], *, collect: bool = True) -> Config:
     """Run `load` and return its Config rebuilt in fresh memory, giving the parser's garbage back.
 
@@ -686,18 +694,39 @@ def _malloc_trim() -> None:
         ctypes.CDLL(None).malloc_trim(0)
 
 
-def load_config(path: str | Path, *, check_accounts: bool = True, default_timezone: str | None = None) -> Config:
-    """Read and validate the task file at `path`; ConfigInvalid (with a located error) if unreadable."""
-    p = Path(path)
+def load_config(path: str | Path, *, check_accounts: bool = True, default_timezone: str | None = None,
+                trust_euid: int | None = None) -> Config:
+    """Read and validate the task file at `path`; ConfigInvalid (with a located error) if unreadable.
+
+    With `trust_euid`, the file must also be one a daemon running as that uid may trust: see
+    `gotorch.trustedfs` (owner and mode of the file and of every directory from `/`, symlinks
+    resolved and checked). Either way it is opened without blocking, must be a regular file and is
+    read, at most `MAX_TASK_FILE` bytes, from the descriptor that was checked.
+    """
+    return parse_bytes(read_task_file(path, trust_euid).data, str(path), check_accounts=check_accounts,
+                       default_timezone=default_timezone)
+
+
+def read_task_file(path: str | Path, trust_euid: int | None = None) -> FileBytes:
+    """The task file's bytes (see `load_config`), or ConfigInvalid saying why it cannot be used."""
+    p = os.path.abspath(path)
     try:
-        raw = p.read_bytes()
+        return read_file(p, os.geteuid() if trust_euid is None else trust_euid, check=trust_euid is not None)
+    except Untrusted as exc:
+        problem = exc.problem if exc.path == p else f"{exc.path}: {exc.problem}"
+        raise ConfigInvalid([ConfigError(str(path), 0, 0, "", problem, exc.hint)]) from None
     except OSError as exc:
-        raise ConfigInvalid([ConfigError(str(p), 0, 0, "", f"cannot read the task file: {exc.strerror}",
+        raise ConfigInvalid([ConfigError(str(path), 0, 0, "", f"cannot read the task file: {exc.strerror}",
                                          "check the path (-c FILE, TORCH_CONFIG) and its permissions")]) from None
+
+
+def parse_bytes(raw: bytes, filename: str, *, check_accounts: bool = True,
+                default_timezone: str | None = None) -> Config:
+    """Validate the raw bytes of a task file (UTF-8 is checked here, with the line of the first bad byte)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise ConfigInvalid([ConfigError(str(p), line, 1, "", "the file is not valid UTF-8",
+        raise ConfigInvalid([ConfigError(filename, line, 1, "", "the file is not valid UTF-8",
                                          "save it as UTF-8")]) from None
-    return parse_config(text, str(p), check_accounts=check_accounts, default_timezone=default_timezone)
+    return parse_config(text, filename, check_accounts=check_accounts, default_timezone=default_timezone)

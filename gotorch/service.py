@@ -16,9 +16,7 @@ import asyncio
 import collections
 import contextlib
 import gc
-import grp
 import os
-import pwd
 import signal
 import sys
 import time
@@ -29,12 +27,18 @@ from typing import Any
 
 from gotorch import control
 from gotorch import log as logmod
-from gotorch.config import Config, ConfigError, ConfigInvalid, Task, check_permissions, compacted, load_config
+from gotorch.config import Config, ConfigError, Task
 from gotorch.daemon import Paths
-from gotorch.hosts import IPAddress, host_addresses, local_timezone, match
+from gotorch.hosts import IPAddress, host_addresses, match
+from gotorch.loader import LoadFailed, load_in_child
 from gotorch.runner import clear_caches, set_child_subreaper
-from gotorch.scheduler import FireHints, Scheduler, precompute
+from gotorch.scheduler import Scheduler
 from gotorch.watcher import FileWatcher
+
+# Retry a reload that failed for a transient reason (file briefly missing, I/O error, no memory for the
+# loader) after 1 s, doubling to at most a minute, until one succeeds or the file is invalid.
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 60.0
 
 
 @dataclass
@@ -94,6 +98,9 @@ class Service:
         self.reloads = 0  # completed reload attempts, so `torch reload` can tell when its own one is done
         self._reloading = False
         self._reload_again = False
+        self._reload_task: asyncio.Task[None] | None = None
+        self._retry_handle: asyncio.TimerHandle | None = None
+        self._retry_delay = 0.0
         self.loop: asyncio.AbstractEventLoop | None = None
         self.scheduler: Scheduler | None = None
         self.watcher: FileWatcher | None = None
@@ -152,6 +159,7 @@ class Service:
                 self.log.error("daemon.failed", pid=os.getpid())
                 sched.request_stop("error")
             self.notify(f"STOPPING=1\nSTATUS=stopping, {self._status_line()}")
+            self._cancel_reload()
             if self.watcher is not None:
                 self.watcher.stop()
             await sched.wait_stopped()
@@ -160,6 +168,14 @@ class Service:
                 self.paths.socket.unlink()
         self.log.info("daemon.stop", pid=os.getpid())
         return 0
+
+    def _cancel_reload(self) -> None:
+        """Stop never waits for a reload: cancelling it kills its child process."""
+        if self._retry_handle is not None:
+            self._retry_handle.cancel()
+            self._retry_handle = None
+        if self._reload_task is not None:
+            self._reload_task.cancel()
 
     def handle_request(self, request: dict[str, Any]) -> dict[str, Any]:
         """Answer a control-socket request (`{"cmd": "status"}` or `{"cmd": "reload"}`)."""
@@ -212,42 +228,29 @@ class Service:
             self._reload_again = True
             return
         self._reloading = True
+        if self._retry_handle is not None:  # this reload is the retry, or makes it pointless
+            self._retry_handle.cancel()
+            self._retry_handle = None
         assert self.loop is not None
         # MONOTONIC_USEC lets systemd >= 253 match this RELOADING=1 with the reload it asked for.
         self.notify(f"RELOADING=1\nSTATUS=reloading ({trigger}), {self._status_line()}\n"
                     f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
-        self.loop.create_task(self._reload(trigger))
+        self._reload_task = self.loop.create_task(self._reload(trigger))
 
     async def _reload(self, trigger: str) -> None:
         assert self.loop is not None and self.scheduler is not None
         t0 = time.monotonic()
         try:
-            tz = local_timezone().key
-            # Parsing a big file takes a while: do it off the loop so firing never waits for it.
-            def parse() -> tuple[Config, FireHints]:
-                # A collection triggered by this allocation-heavy parse would run in this thread over
-                # the whole heap, holding the GIL for tens of ms; the loop collects after applying.
-                gc.disable()
-                try:
-                    cfg = load_for_daemon(self.config_path, tz, collect=False)
-                    # Addresses too may have changed (DHCP, a new alias): a reload re-reads them.
-                    self.next_addresses = host_addresses(self.host_ips)
-                    return cfg, precompute(cfg.tasks, time.time())
-                finally:
-                    gc.enable()
-
-            config, hints = await self.loop.run_in_executor(None, parse)
-        except ConfigInvalid as exc:
-            self.last_reload = ReloadResult(False, time.time(), trigger, [e.as_dict() for e in exc.errors])
-            self.log.error("reload.failed", trigger=trigger, generation=self.generation.number,
-                           errors=[str(e) for e in exc.errors])
-        except Exception as exc:  # never let a reload bug take the daemon down
-            self.last_reload = ReloadResult(False, time.time(), trigger, [{"message": repr(exc)}])
-            self.log.exception("reload.failed", trigger=trigger, generation=self.generation.number)
-        else:
+            # Read, settle and parse in a child process: the loop never waits for the file or the
+            # parse, and stop never waits for a reload (the child is killed with the other children).
+            outcome = await load_in_child(self.config_path, self.host_ips)
+            if isinstance(outcome, LoadFailed):
+                self._reload_failed(trigger, outcome.errors, transient=outcome.transient)
+                return
+            self._retry_delay = 0.0
             if self.scheduler.stopping:
                 return
-            if config.digest == self.config.digest and self.next_addresses == self.addresses:
+            if outcome.digest == self.config.digest and outcome.addresses == self.addresses:
                 # Same bytes (a touch, a chmod, an editor saving twice): not a new generation.
                 self.last_reload = ReloadResult(True, time.time(), trigger)
                 self.log.info("reload.unchanged", trigger=trigger, generation=self.generation.number)
@@ -258,10 +261,11 @@ class Service:
             if self.scheduler.stopping:
                 return
             applying = time.monotonic()
-            if self.next_addresses != self.addresses:
+            config, hints = outcome.unpack()
+            if outcome.addresses != self.addresses:
                 self.log.info("host.addresses_changed", before=[str(a) for a in self.addresses],
-                              after=[str(a) for a in self.next_addresses])
-                self.addresses = self.next_addresses
+                              after=[str(a) for a in outcome.addresses])
+                self.addresses = outcome.addresses
             here, _ = applicable(config, self.addresses)
             clear_caches()  # accounts named by tasks may have been created or changed since
             try:
@@ -281,14 +285,32 @@ class Service:
                           changed=list(plan.changed), tasks_here=len(here),
                           parse_ms=round((parsed - t0) * 1000, 1),
                           apply_ms=round((time.monotonic() - applying) * 1000, 1))
+        except Exception as exc:  # never let a reload bug take the daemon down
+            self.last_reload = ReloadResult(False, time.time(), trigger, [{"message": repr(exc)}])
+            self.log.exception("reload.failed", trigger=trigger, generation=self.generation.number)
         finally:
             self.reloads += 1
             self._reloading = False
+            self._reload_task = None
             if not self.scheduler.stopping:  # after STOPPING=1, systemd must not hear READY=1 again
                 self.notify(f"READY=1\nSTATUS={self._status_line()}")
                 if self._reload_again:
                     self._reload_again = False
                     self.request_reload(trigger)
+
+    def _reload_failed(self, trigger: str, errors: list[ConfigError], *, transient: bool) -> None:
+        """Keep the old config; retry a transient failure later, with backoff (1 s doubling to 60 s)."""
+        self.last_reload = ReloadResult(False, time.time(), trigger, [e.as_dict() for e in errors])
+        retry_in: float | None = None
+        if transient and self.scheduler is not None and not self.scheduler.stopping:
+            self._retry_delay = min(RETRY_MAX_S, self._retry_delay * 2) if self._retry_delay else RETRY_FIRST_S
+            retry_in = self._retry_delay
+            assert self.loop is not None
+            self._retry_handle = self.loop.call_later(retry_in, self.request_reload, "retry")
+        else:
+            self._retry_delay = 0.0
+        self.log.error("reload.failed", trigger=trigger, generation=self.generation.number,
+                       errors=[str(e) for e in errors], transient=transient, retry_in_s=retry_in)
 
     # -- status ------------------------------------------------------------------------------------
 
@@ -337,34 +359,6 @@ def _iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
-
-def load_for_daemon(path: Path, default_timezone: str, *, collect: bool = True) -> Config:
-    """Load the task file the daemon will run: ownership/permission checks first, then validation."""
-    euid = os.geteuid()
-    problems = check_permissions(path, euid)
-    if problems:
-        raise ConfigInvalid(problems)
-    config = compacted(lambda: load_config(path, default_timezone=default_timezone), collect=collect)
-    if euid != 0:
-        problems = account_problems(config, euid)
-        if problems:
-            raise ConfigInvalid(problems)
-    return config
-
-
-def account_problems(config: Config, euid: int) -> list[ConfigError]:
-    """`user:`/`group:` other than the daemon's own need root: refuse them up front, not at every fire."""
-    me = pwd.getpwuid(euid)
-    out = []
-    for t in config.tasks:
-        for field_name, value, own in (("user", t.user, (me.pw_name, str(euid))),
-                                       ("group", t.group, (grp.getgrgid(me.pw_gid).gr_name, str(me.pw_gid)))):
-            if value is not None and value not in own:
-                out.append(ConfigError(config.path, t.line, 1, field_name,
-                                       f"runs as {field_name} {value!r}, but torch is not running as root",
-                                       f"run the daemon as root, or remove `{field_name}:`", f"'{t.name}'"))
-    return out
 
 
 def serve(config_path: Path, config: Config, *, paths: Paths, host_ips: str | None,

@@ -312,8 +312,43 @@ def test_defaults_errors() -> None:
     assert errs[2].startswith("t.yaml:5:18: defaults.max_instances:")
 
 
-def test_empty_tasks_and_merge_keys() -> None:
-    assert parse("version: 1\ntasks:\n") == ()
+def test_null_tasks_is_an_error_so_a_cut_file_removes_nothing() -> None:
+    # A save cut right after `tasks:` used to be read as "zero tasks" and stopped everything.
+    assert parse("version: 1\ntasks: []\n") == ()
+    for text in ("version: 1\ntasks:\n", "version: 1\ntasks: null\n", "version: 1\ntasks: ~\n"):
+        with pytest.raises(ConfigInvalid) as exc:
+            parse(text)
+        assert str(exc.value).startswith("t.yaml:2:")
+        assert "tasks: is empty (null)" in str(exc.value) and "tasks: []" in str(exc.value)
+
+
+def test_deep_nesting_gives_one_located_line() -> None:
+    # ~500 levels used to overflow the walker's recursion: a 999-frame RecursionError from `check`.
+    for depth in (500, 990):
+        nested = "[" * depth + "]" * depth
+        text = f"version: 1\ntasks:\n  - name: a\n    schedule: '@daily'\n    command: {nested}\n"
+        with pytest.raises(ConfigInvalid) as exc:
+            parse(text)
+        (err,) = exc.value.errors
+        assert err.line == 5 and err.col > 1 and "nested more than" in err.problem
+        assert "\n" not in str(err)
+
+
+@pytest.mark.parametrize("tagged", [
+    "  - !!python/object:os.system {name: a, schedule: '@daily', command: x}",
+    "  - {name: a, schedule: '@daily', command: !!python/object/apply:os.system [id]}",
+    "  - {name: a, schedule: '@daily', command: !custom x}",
+    "  - {name: a, schedule: '@daily', command: x, env: !!set {A}}",
+])
+def test_yaml_tags_are_refused(tagged: str) -> None:
+    # PyYAML's safe loader would silently read a tagged mapping as a plain one.
+    with pytest.raises(ConfigInvalid) as exc:
+        parse("version: 1\ntasks:\n" + tagged + "\n")
+    assert "YAML tag" in str(exc.value) and "is not allowed" in str(exc.value)
+    assert str(exc.value).startswith("t.yaml:3:")
+
+
+def test_merge_keys() -> None:
     tasks = parse("""\
     version: 1
     tasks:

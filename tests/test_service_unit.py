@@ -8,7 +8,8 @@ import pwd
 import pytest
 
 from gotorch.config import parse_config
-from gotorch.service import account_problems, applicable
+from gotorch.loader import account_problems
+from gotorch.service import applicable
 
 TEXT = """\
 version: 1

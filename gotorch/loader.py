@@ -1,0 +1,267 @@
+"""Loading the task file for the daemon: trusted, settled, and for reloads parsed in a child process.
+
+`load_for_daemon` is what `torch start` and `torch reload` run in their own process. A running
+daemon instead reloads through `load_in_child`: a forked child reads, waits for the file to settle,
+validates and pre-computes next fires, and sends back a pickle. So, whatever the file is:
+
+* the event loop never waits for the read (a FIFO, a hung NFS server) or for the parse, and no
+  parse competes with the loop for the GIL (a 50 MB file held it for seconds in a thread);
+* the parse's memory is the child's, bounded by RLIMIT_AS and returned to the system when it exits
+  (a 1 GiB file left the daemon at 400 MB RSS);
+* stopping the daemon never waits for a reload: the child is killed like any other child.
+
+Failures come back as `LoadFailed`; `transient` ones (the file briefly missing during a checkout,
+still being written, an I/O error, no memory or processes for the child) are worth retrying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import os
+import pickle
+import pwd
+import resource
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gotorch.config import Config, ConfigError, ConfigInvalid, compacted, parse_bytes, read_task_file
+from gotorch.hosts import IPAddress, host_addresses, local_timezone
+from gotorch.scheduler import FireHints, precompute
+from gotorch.trustedfs import FileBytes, Untrusted, read_file
+
+# A file modified less than this long ago may still be being written: wait until it has not changed
+# for this long (cf. a slow `scp`, or an editor writing in pieces) before applying it.
+SETTLE_S = 1.0
+# Give up waiting for a file that never stops changing (a log someone pointed us at?) after this.
+SETTLE_MAX_S = 30.0
+# A child that has not answered by then (a hung network filesystem) is killed; the reload is retried.
+CHILD_TIMEOUT_S = 120.0
+# The child may use this much more address space than the daemon had when it forked.
+CHILD_EXTRA_MEMORY = 1 << 30
+
+
+def load_for_daemon(path: Path, default_timezone: str, *, collect: bool = True) -> Config:
+    """Load the task file the daemon will run: the trust checks of `trustedfs`, then validation."""
+    euid = os.geteuid()
+    config = compacted(lambda: _validate(read_task_file(path, euid), path, default_timezone, euid), collect=collect)
+    return config
+
+
+def _validate(got: FileBytes, path: Path, default_timezone: str, euid: int) -> Config:
+    config = parse_bytes(got.data, str(path), default_timezone=default_timezone)
+    if euid != 0:
+        problems = account_problems(config, euid)
+        if problems:
+            raise ConfigInvalid(problems)
+    return config
+
+
+def account_problems(config: Config, euid: int) -> list[ConfigError]:
+    """`user:`/`group:` other than the daemon's own need root: refuse them up front, not at every fire."""
+    me = pwd.getpwuid(euid)
+    out = []
+    for t in config.tasks:
+        for field_name, value, own in (("user", t.user, (me.pw_name, str(euid))),
+                                       ("group", t.group, (grp.getgrgid(me.pw_gid).gr_name, str(me.pw_gid)))):
+            if value is not None and value not in own:
+                out.append(ConfigError(config.path, t.line, 1, field_name,
+                                       f"runs as {field_name} {value!r}, but torch is not running as root",
+                                       f"run the daemon as root, or remove `{field_name}:`", f"'{t.name}'"))
+    return out
+
+
+class Unsettled(Exception):
+    """The file kept changing for longer than we are willing to wait."""
+
+
+def read_settled(path: str, euid: int, *, settle: float = SETTLE_S, max_wait: float = SETTLE_MAX_S,
+                 now: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> FileBytes:
+    """Read the trusted file at `path` once it has stopped changing.
+
+    A file last modified at least `settle` seconds ago is taken as it is. A younger one is read
+    again `settle` seconds later and taken only if nothing changed in between (bytes, inode, size,
+    mtime); otherwise we wait again, for at most `max_wait` seconds in all (then Unsettled). A
+    modification time in the future (clock skew, NFS) counts as "just now". Clock and sleep are
+    injected so the rule is tested without waiting.
+    """
+    waited = 0.0
+    got = read_file(path, euid)
+    while True:
+        changed = max(got.st.st_mtime, got.st.st_ctime)
+        if now() - changed >= settle:
+            return got
+        if waited >= max_wait:
+            raise Unsettled(f"{path} was still being written after {max_wait:g} s")
+        sleep(settle)
+        waited += settle
+        again = read_file(path, euid)
+        if again.data == got.data and _same(again.st, got.st):
+            return again
+        got = again
+
+
+def _same(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns) == (b.st_dev, b.st_ino, b.st_size, b.st_mtime_ns)
+
+
+# --- the child ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A valid config from the child: its digest and this host's addresses, and the pickled rest."""
+
+    digest: str
+    addresses: list[IPAddress]
+    blob: bytes  # pickle of (Config, FireHints): unpickled by the daemon only if the config changed
+
+    def unpack(self) -> tuple[Config, FireHints]:
+        """The config and its next fires (unpickling 10,000 tasks takes tens of ms: do it after a tick)."""
+        config, hints = pickle.loads(self.blob)
+        return config, hints
+
+
+@dataclass(frozen=True)
+class LoadFailed:
+    """Why a reload could not produce a config; `transient` failures are retried with backoff."""
+
+    errors: list[ConfigError] = field(default_factory=list)
+    transient: bool = False
+
+
+def _load_here(path: Path, host_ips: str | None, euid: int) -> Loaded | LoadFailed:
+    """The child's work: settle, read, validate, compute next fires; every failure as a value."""
+    file = str(path)
+
+    def failed(problem: str, hint: str = "", *, transient: bool) -> LoadFailed:
+        return LoadFailed([ConfigError(file, 0, 0, "", problem, hint)], transient)
+
+    try:
+        got = read_settled(file, euid)
+        config = _validate(got, path, local_timezone().key, euid)
+        addresses = host_addresses(host_ips)
+        hints = precompute(config.tasks, time.time())
+    except ConfigInvalid as exc:
+        return LoadFailed(exc.errors)
+    except Untrusted as exc:
+        return failed(exc.problem if exc.path == file else f"{exc.path}: {exc.problem}", exc.hint, transient=False)
+    except Unsettled as exc:
+        return failed(str(exc), "torch applies a file once it has not changed for a second", transient=True)
+    except MemoryError:
+        return failed(f"parsing needs more than {CHILD_EXTRA_MEMORY >> 20} MiB of memory",
+                      "a task file needs far less: look for huge or repeated (aliased) values", transient=False)
+    except OSError as exc:
+        return failed(f"cannot read the task file: {exc.strerror or exc}",
+                      "torch retries; check the path and the filesystem", transient=True)
+    return Loaded(config.digest, addresses, pickle.dumps((config, hints), protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _child_main(write_fd: int, path: Path, host_ips: str | None) -> None:
+    """Run in the forked child: never returns."""
+    code = 0
+    try:
+        # The daemon's handlers would write to its wake-up socket; this process is not the daemon.
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        # Keep nothing of the daemon's open: above all not the pidfile, whose lock would outlive
+        # a daemon killed while this child still runs.
+        os.closerange(3, write_fd)
+        os.closerange(write_fd + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        with contextlib.suppress(ValueError, OSError):
+            vm = _vm_size()
+            resource.setrlimit(resource.RLIMIT_AS, (vm + CHILD_EXTRA_MEMORY, resource.RLIM_INFINITY))
+        out = pickle.dumps(_load_here(path, host_ips, os.geteuid()), protocol=pickle.HIGHEST_PROTOCOL)
+        view = memoryview(out)
+        while view:
+            n = os.write(write_fd, view)
+            view = view[n:]
+    except BaseException:
+        code = 70  # the daemon reports "the loader died"; nothing else can be said from here
+    finally:
+        os._exit(code)
+
+
+def _vm_size() -> int:
+    with open("/proc/self/statm", "rb") as f:
+        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+async def load_in_child(path: Path, host_ips: str | None, *, timeout: float = CHILD_TIMEOUT_S) -> Loaded | LoadFailed:
+    """Fork a child that loads `path` (see the module doc) and wait for its answer without blocking.
+
+    The child is reaped by whoever reaps the daemon's children (`Runner.reap`, waitpid(-1)). If this
+    coroutine is cancelled (the daemon stops), the child is killed.
+    """
+    loop = asyncio.get_running_loop()
+    file = str(path)
+    try:
+        rfd, wfd = os.pipe2(os.O_CLOEXEC)
+    except OSError as exc:
+        return LoadFailed([ConfigError(file, 0, 0, "", f"cannot start the reload: {exc.strerror}")], True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        os.close(rfd)
+        os.close(wfd)
+        return LoadFailed([ConfigError(file, 0, 0, "", f"cannot start the reload process: {exc.strerror}",
+                                       "torch retries (process or memory limits?)")], True)
+    if pid == 0:
+        os.close(rfd)
+        _child_main(wfd, path, host_ips)
+    os.close(wfd)
+    os.set_blocking(rfd, False)
+    done: asyncio.Future[bytes] = loop.create_future()
+    chunks: list[bytes] = []
+    eof = False
+
+    def readable() -> None:
+        nonlocal eof
+        try:
+            while True:
+                chunk = os.read(rfd, 1 << 20)
+                if not chunk:
+                    eof = True
+                    if not done.done():
+                        done.set_result(b"".join(chunks))
+                    return
+                chunks.append(chunk)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if not done.done():
+                done.set_exception(exc)
+
+    loop.add_reader(rfd, readable)
+    try:
+        try:
+            data = await asyncio.wait_for(done, timeout)
+        except TimeoutError:
+            return LoadFailed([ConfigError(file, 0, 0, "", f"reading and checking the file took over {timeout:g} s",
+                                           "torch retries; is the filesystem responding?")], True)
+        except OSError as exc:
+            return LoadFailed([ConfigError(file, 0, 0, "", f"reload failed: {exc}")], True)
+    finally:
+        loop.remove_reader(rfd)
+        os.close(rfd)
+        if not eof:
+            # No end of file yet: the child still runs (its pid cannot have been reused), so this
+            # kills exactly it. After EOF it is exiting and may already be reaped: never signal it.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    try:
+        result = pickle.loads(data) if data else None
+    except Exception:
+        result = None
+    if isinstance(result, Loaded | LoadFailed):
+        return result
+    return LoadFailed([ConfigError(file, 0, 0, "", "the reload process died without an answer",
+                                   "torch retries; see the system log (out of memory?)")], True)
