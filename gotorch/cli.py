@@ -21,6 +21,7 @@ from gotorch.config import Config, ConfigError, ConfigInvalid, Task, load_config
 from gotorch.durations import format_duration
 from gotorch.hosts import host_addresses, local_timezone, match
 from gotorch.schedule import Fire, dst_warnings, fires
+from gotorch.trustedfs import Untrusted
 
 F = TypeVar("F", bound=Callable[..., Any])
 CONFIG_ENV = "TORCH_CONFIG"
@@ -68,8 +69,9 @@ def state_dir_option(f: F) -> F:
                              "XDG dirs otherwise).")(f)
 
 
-def _load(path: Path, *, check_accounts: bool = True) -> Config:
-    return load_config(path, check_accounts=check_accounts, default_timezone=local_timezone().key)
+def _load(path: Path, *, check_accounts: bool = True, trusted: bool = False) -> Config:
+    return load_config(path, check_accounts=check_accounts, default_timezone=local_timezone().key,
+                       trust_euid=os.geteuid() if trusted else None)
 
 
 def _print_errors(errors: list[ConfigError]) -> None:
@@ -107,15 +109,20 @@ def task_warnings(config: Config, now: datetime) -> list[dict[str, Any]]:
 @json_option
 @click.option("--no-account-check", is_flag=True,
               help="Do not look up user/group names on this host (for checking a file meant for other hosts).")
+@click.option("--no-permission-check", is_flag=True,
+              help="Do not apply the daemon's ownership and mode rules to the file and its directories "
+                   "(for a checkout that is not where the daemon reads it).")
 def check(files: tuple[str, ...], config_opt: str | None, state_dir: str | None, as_json: bool,
-          no_account_check: bool) -> None:
+          no_account_check: bool, no_permission_check: bool) -> None:
     """Validate task files: exit 0 valid, 1 invalid (every error on stderr), 2 usage.
 
     Several FILEs may be given (pre-commit passes every changed file); with --json and more than
-    one file the output is a list of the per-file objects.
+    one file the output is a list of the per-file objects. Unless --no-permission-check, the file
+    must also pass the rules the daemon applies (run as this user): owner and mode of the file and
+    of every directory above it, so that "check says OK" means "start accepts it".
     """
     paths = [resolve_config(config_opt, f) for f in files] if files else [resolve_config(config_opt, None)]
-    reports = [_check_one(p, not no_account_check) for p in paths]
+    reports = [_check_one(p, not no_account_check, not no_permission_check) for p in paths]
     if as_json:
         click.echo(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
     else:
@@ -134,9 +141,9 @@ def check(files: tuple[str, ...], config_opt: str | None, state_dir: str | None,
         sys.exit(1)
 
 
-def _check_one(path: Path, check_accounts: bool) -> dict[str, Any]:
+def _check_one(path: Path, check_accounts: bool, trusted: bool) -> dict[str, Any]:
     try:
-        config = _load(path, check_accounts=check_accounts)
+        config = _load(path, check_accounts=check_accounts, trusted=trusted)
     except ConfigInvalid as exc:
         return {"file": str(path), "valid": False, "tasks": 0, "hash": None,
                 "errors": [e.as_dict() for e in exc.errors], "warnings": []}
@@ -324,7 +331,7 @@ def start(config_opt: str | None, state_dir: str | None, host_ips: str | None, f
     except AlreadyRunning as exc:
         click.echo(f"torch: {exc}", err=True)
         sys.exit(1)
-    except OSError as exc:
+    except (OSError, Untrusted) as exc:
         click.echo(f"torch: cannot use state directory: {exc}", err=True)
         sys.exit(1)
     if pidfile.stale_pid:
@@ -332,7 +339,12 @@ def start(config_opt: str | None, state_dir: str | None, host_ips: str | None, f
                    "is not running torch)", err=True)
 
     if foreground:
-        pidfile.write(os.getpid())
+        try:
+            pidfile.write(os.getpid())
+        except OSError as exc:
+            pidfile.release()
+            click.echo(f"torch: cannot write pidfile {paths.pidfile}: {exc}", err=True)
+            sys.exit(1)
         logmod.configure(stream=sys.stderr)
         try:
             code = serve(path, config, paths=paths, host_ips=host_ips, stop_timeout=stop_timeout, notify=sd_notify)
@@ -344,7 +356,7 @@ def start(config_opt: str | None, state_dir: str | None, host_ips: str | None, f
         # In the daemon: handlers, threads and the watcher are created only now, after the fork.
         try:
             logmod.configure(file=paths.logfile)
-        except OSError as exc:
+        except (OSError, Untrusted) as exc:
             fail(f"cannot open log {paths.logfile}: {exc}")
             return 1
         return serve(path, config, paths=paths, host_ips=host_ips, stop_timeout=stop_timeout, on_ready=ready,
@@ -357,10 +369,20 @@ def start(config_opt: str | None, state_dir: str | None, host_ips: str | None, f
     click.echo(f"torch started (pid {launch.pid}); log: {paths.logfile}")
 
 
+# LSB init-script exit codes: `status` 3 = not running, 4 = unknown (here: not allowed to look).
+EXIT_NOT_RUNNING = 3
+EXIT_NO_PERMISSION = 4
+
+
 def _daemon_pid(paths_pidfile: Path) -> int | None:
     from gotorch.daemon import is_torch_process, running_pid
 
-    pid = running_pid(paths_pidfile)
+    try:
+        pid = running_pid(paths_pidfile)
+    except PermissionError:
+        click.echo(f"torch: permission denied reading {paths_pidfile}: cannot tell whether torch runs; "
+                   "ask as root or as the daemon's user", err=True)
+        sys.exit(EXIT_NO_PERMISSION)
     if pid is None:
         return None
     if pid <= 0 or not is_torch_process(pid):
@@ -475,7 +497,10 @@ def reload(config_opt: str | None, state_dir: str | None, timeout: float) -> Non
     parts = [f"+{n}" for n in change["added"]] + [f"-{n}" for n in change["removed"]] + \
             [f"~{n}" for n in change["changed"]]
     if now["generation"] == before["generation"]:
-        click.echo(f"no changes (generation {now['generation']}, hash {now['hash']})")
+        # The file watcher may have applied this very edit before we looked: say what the running
+        # generation changed, so "no changes" is not mistaken for "my edit was ignored".
+        click.echo(f"no changes (generation {now['generation']}, hash {now['hash']}; it was applied "
+                   f"{now['generation_applied_at']}: {' '.join(parts) or 'no task changes'})")
     else:
         click.echo(f"generation {now['generation']} (hash {now['hash']}): {' '.join(parts) or 'no task changes'}")
 
@@ -496,7 +521,7 @@ def status(config_opt: str | None, state_dir: str | None, as_json: bool) -> None
             click.echo(json.dumps({"running": False, "pid": pid}))
         else:
             click.echo("torch is not running" if pid is None else f"torch (pid {pid}) does not answer")
-        sys.exit(3)
+        sys.exit(EXIT_NOT_RUNNING)
     if as_json:
         click.echo(json.dumps(st, indent=2))
         return

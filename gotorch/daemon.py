@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gotorch.trustedfs import ensure_dir, open_state_file
+
 STATE_DIR_ENV = "TORCH_STATE_DIR"
 
 
@@ -43,11 +45,14 @@ class Paths:
         return self.run_dir / "torch.sock"
 
     def create(self) -> None:
-        """Create the directories, private to the daemon's user (0750), refusing symlinks."""
-        for d in {self.run_dir, self.state_dir, self.log_dir}:
-            d.mkdir(mode=0o750, parents=True, exist_ok=True)
-            if d.is_symlink():
-                raise OSError(f"{d} is a symlink; refusing to use it as a state directory")
+        """Create the directories (0750, whatever the umask) and check them from `/` down.
+
+        Refuses (trustedfs.Untrusted) a directory on the way that another user owns or can write:
+        whoever can write where root creates files can make root write anywhere.
+        """
+        euid = os.geteuid()
+        for d in sorted({self.run_dir, self.state_dir, self.log_dir}):
+            ensure_dir(str(d), euid, 0o750)
 
 
 def resolve_paths(state_dir: str | None) -> Paths:
@@ -114,7 +119,7 @@ class Pidfile:
 
     def acquire(self) -> None:
         """Open and lock the pidfile; AlreadyRunning if another process holds it."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+        fd = open_state_file(str(self.path), os.O_RDWR | os.O_CREAT, 0o640)
         # `torch status`/`stop` probe the lock by taking it shared for an instant; retry briefly so
         # a probe racing this start is not mistaken for a running daemon.
         for attempt in range(20):
@@ -150,9 +155,15 @@ class Pidfile:
 
 
 def running_pid(path: Path) -> int | None:
-    """The pid of the daemon holding the pidfile lock at `path`, or None if no daemon holds it."""
+    """The pid of the daemon holding the pidfile lock at `path`, or None if no daemon holds it.
+
+    PermissionError if the pidfile exists but we may not read it (a user asking about root's
+    daemon): that is "cannot tell", not "not running".
+    """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except PermissionError:
+        raise
     except OSError:
         return None
     try:
@@ -227,7 +238,6 @@ def daemonize(pidfile: Pidfile, body: Callable[[Callable[[], None], Callable[[st
                         signal.SIGTERM: "terminate"},
         )
         with ctx:
-            pidfile.write(os.getpid())
 
             def ready() -> None:
                 _send(wfd, f"ready {os.getpid()}\n")
@@ -236,6 +246,9 @@ def daemonize(pidfile: Pidfile, body: Callable[[Callable[[], None], Callable[[st
                 _send(wfd, f"error {msg}\n")
 
             try:
+                # Inside the try: a full disk fails this write, and the launcher must hear why (the
+                # log may not even exist yet).
+                pidfile.write(os.getpid())
                 code = body(ready, fail)
             except BaseException as exc:
                 fail(f"{type(exc).__name__}: {exc}")

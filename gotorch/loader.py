@@ -36,8 +36,9 @@ from gotorch.scheduler import FireHints, precompute
 from gotorch.trustedfs import FileBytes, Untrusted, read_file
 
 # A file modified less than this long ago may still be being written: wait until it has not changed
-# for this long (cf. a slow `scp`, or an editor writing in pieces) before applying it.
-SETTLE_S = 1.0
+# for this long (a slow `scp`, an editor writing in pieces) before applying it. With the watcher's 0.5 s
+# debounce an edit is usually settled when its reload starts, so this rarely adds any wait.
+SETTLE_S = 0.5
 # Give up waiting for a file that never stops changing (a log someone pointed us at?) after this.
 SETTLE_MAX_S = 30.0
 # A child that has not answered by then (a hung network filesystem) is killed; the reload is retried.
@@ -152,7 +153,7 @@ def _load_here(path: Path, host_ips: str | None, euid: int) -> Loaded | LoadFail
     except Untrusted as exc:
         return failed(exc.problem if exc.path == file else f"{exc.path}: {exc.problem}", exc.hint, transient=False)
     except Unsettled as exc:
-        return failed(str(exc), "torch applies a file once it has not changed for a second", transient=True)
+        return failed(str(exc), "torch applies a file once it has not changed for half a second", transient=True)
     except MemoryError:
         return failed(f"parsing needs more than {CHILD_EXTRA_MEMORY >> 20} MiB of memory",
                       "a task file needs far less: look for huge or repeated (aliased) values", transient=False)

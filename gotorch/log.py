@@ -6,14 +6,17 @@ daemon has forked: handlers hold file descriptors that a fork would otherwise ha
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import logging.handlers
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
+
+from gotorch.trustedfs import Untrusted, open_state_file
 
 _LOGGER_NAME = "torch"
 _handler: logging.Handler | None = None
@@ -21,7 +24,7 @@ _handler: logging.Handler | None = None
 
 def configure(*, file: Path | None = None, stream: TextIO | None = None, as_json: bool | None = None,
               level: int = logging.INFO) -> None:
-    """Send events to `file` (JSON, WatchedFileHandler) or `stream` (JSON unless it is a TTY)."""
+    """Send events to `file` (JSON, SafeFileHandler) or `stream` (JSON unless it is a TTY)."""
     global _handler
     # Events carry their own fields; skip what stdlib logging would gather for every record (the
     # logging HOWTO's "Optimization" section): caller frame, thread and process names.
@@ -35,10 +38,7 @@ def configure(*, file: Path | None = None, stream: TextIO | None = None, as_json
         _handler.close()
     handler: logging.Handler
     if file is not None:
-        # Create it ourselves first: 0640 and never through a symlink someone planted.
-        os.close(os.open(file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640))
-        # WatchedFileHandler notices logrotate's rename and reopens by itself; SIGHUP forces it.
-        handler = logging.handlers.WatchedFileHandler(file, encoding="utf-8")
+        handler = SafeFileHandler(file)
         use_json = True if as_json is None else as_json
     else:
         out = stream if stream is not None else sys.stderr
@@ -74,19 +74,70 @@ def configure(*, file: Path | None = None, stream: TextIO | None = None, as_json
 
 def reopen() -> None:
     """Reopen the log file (SIGHUP after an external rotation that did not rename, e.g. copytruncate)."""
-    if isinstance(_handler, logging.handlers.WatchedFileHandler):
-        _handler.acquire()
+    if isinstance(_handler, SafeFileHandler):
+        _handler.reopen()
+
+
+class SafeFileHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Appends to a log file and follows logrotate's renames, never writing through a symlink.
+
+    Like logging's WatchedFileHandler it notices that the file at its path is not the one it writes
+    (rotated away, deleted) and reopens it, but every open is `O_NOFOLLOW` and checked on the
+    descriptor (trustedfs.open_state_file): a symlink or hard link planted in the file's place is
+    refused, and lines keep going to the file already open until a safe one can be opened.
+    """
+
+    RETRY_S = 1.0
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.refused: str | None = None  # why the last reopen failed, if it did
+        self._retry_at = 0.0
+        super().__init__(self._open())
+
+    def _open(self) -> TextIO:
+        fd = open_state_file(str(self.path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        st = os.fstat(fd)
+        self._id = (st.st_dev, st.st_ino)
+        return open(fd, "a", encoding="utf-8", errors="backslashreplace")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write one record, reopening first if the file at our path is no longer ours."""
         try:
-            # Open the new file first: if that fails, keep writing to the old one rather than to nothing.
-            fd = os.open(_handler.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o640)
-            new = open(fd, "a", encoding="utf-8")  # noqa: SIM115 - the handler owns it from here
-            old, _handler.stream = _handler.stream, new
-            _handler._statstream()
-            if old:
+            st = os.lstat(self.path)  # lstat: a symlink in its place is a change too
+            moved = (st.st_dev, st.st_ino) != self._id
+        except OSError:
+            moved = True
+        if moved and time.monotonic() >= self._retry_at:
+            self.reopen()
+        super().emit(record)
+
+    def reopen(self) -> None:
+        """Switch to a freshly opened file at our path; on failure keep the old one and retry later."""
+        self.acquire()
+        try:
+            try:
+                new = self._open()
+            except (OSError, Untrusted) as exc:
+                self.refused = str(exc)
+                self._retry_at = time.monotonic() + self.RETRY_S
+                return
+            self.refused = None
+            old, self.stream = self.stream, new
+            with contextlib.suppress(OSError):
                 old.close()
         finally:
-            _handler.release()
+            self.release()
+
+    def close(self) -> None:
+        """Close the file."""
+        self.acquire()
+        try:
+            with contextlib.suppress(OSError):
+                self.stream.close()
+        finally:
+            self.release()
+        super().close()
 
 
 def get_logger(**bound: Any) -> Any:
