@@ -17,6 +17,14 @@ from typing import Any
 import pytest
 
 TORCH = [sys.executable, "-m", "gotorch"]
+# A task file with one 1/s task that appends its scheduled second to {out}.
+TICK = """\
+version: 1
+tasks:
+  - name: tick
+    schedule: "* * * * * *"
+    command: echo "$TORCH_SCHEDULED_AT" >> {out}
+"""
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.05,

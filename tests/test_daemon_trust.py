@@ -13,19 +13,12 @@ import pytest
 from click.testing import CliRunner
 
 from gotorch.cli import cli
-from tests.conftest import Torch, wait_until
+from tests.conftest import TICK, TORCH, Torch, wait_until
 
 pytestmark = pytest.mark.integration
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="a second uid's files need root to chown")
 OTHER = 4242  # the hostile local user; chown and seteuid need no passwd entry
 
-TICK = """\
-version: 1
-tasks:
-  - name: tick
-    schedule: "* * * * * *"
-    command: echo "$TORCH_SCHEDULED_AT" >> {out}
-"""
 EVIL = TICK + """\
   - name: evil
     schedule: "* * * * * *"
@@ -109,20 +102,14 @@ def test_state_directories_are_created_0750_whatever_the_umask(torch_daemon: Tor
     torch_daemon.write(TICK.format(out=torch_daemon.tmp / "out"))
     state = torch_daemon.tmp / "a" / "b" / "state"
     env = torch_daemon.env(TORCH_STATE_DIR=str(state))
-    r = subprocess.run(["sh", "-c", 'umask 000; exec "$@"', "sh", *torch_daemon_cmd(), "start", "-c",
+    r = subprocess.run(["sh", "-c", 'umask 000; exec "$@"', "sh", *TORCH, "start", "-c",
                         str(torch_daemon.config)], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 0, r.stderr
     try:
         for d in (torch_daemon.tmp / "a", torch_daemon.tmp / "a" / "b", state):
             assert d.stat().st_mode & 0o777 == 0o750, d
     finally:
-        subprocess.run([*torch_daemon_cmd(), "stop"], env=env, timeout=60)
-
-
-def torch_daemon_cmd() -> list[str]:
-    from tests.conftest import TORCH
-
-    return TORCH
+        subprocess.run([*TORCH, "stop"], env=env, timeout=60)
 
 
 def test_log_reopen_never_writes_through_a_planted_symlink(torch_daemon: Torch) -> None:

@@ -10,17 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Torch, describe_pids, wait_until, zombie_children
+from tests.conftest import TICK, Torch, describe_pids, wait_until, zombie_children
 
 pytestmark = pytest.mark.integration
 
-TICK = """\
-version: 1
-tasks:
-  - name: tick
-    schedule: "* * * * * *"
-    command: echo "$TORCH_SCHEDULED_AT" >> {out}
-"""
 
 
 def fires_after(t: Torch, out: Path, since: float, n: int, timeout: float = 20) -> None:
