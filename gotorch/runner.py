@@ -14,6 +14,14 @@ A run ends (`run.end` is logged and `on_end` is called exactly once) when its di
 reaped AND both pipes are closed. Processes left in its group after a normal exit are not killed
 (cron allows `nohup x &`); the daemon is a child subreaper, so they are reaped when they die.
 
+Stopping a run (timeout, terminate, shutdown) is TERM, then KILL after its kill_timeout, sent to its
+process group and to every process carrying its TORCH_RUN_ID outside the group (setsid, double fork),
+found by scanning /proc. That scan is done on kill paths only, never on spawn. The KILL outlives the
+run: processes it started in reaction to the TERM get their own TERM when it ends, and the KILL, due
+until nothing carries its id, rescans /proc rather than trusting what the TERM found. (A cgroup per
+run would catch even a process that scrubs its environment, but needs a delegated, writable cgroup
+v2 subtree, which the shipped unit does not give: ProtectControlGroups=yes, no Delegate=.)
+
 We reap with `waitpid(-1)` rather than per-pid waits because orphaned grandchildren are reparented
 to us and must be reaped too. A consequence for the rest of the daemon: nothing else in this
 process may start children of its own (subprocess.run, asyncio subprocesses), or their exit status
@@ -55,6 +63,9 @@ PIPE_GRACE_S = 1.0
 SHUTDOWN_KILL_WAIT_S = 5.0
 # Shutdown: how long to wait for orphans to be reaped after SIGKILL.
 ORPHAN_REAP_WAIT_S = 2.0
+# After a SIGKILL, how many more times /proc is scanned for processes that an escaped process forked
+# between the scan and its own KILL (there is a rescan only after a pass that killed escapees).
+KILL_RESCANS = 5
 # Polling period of shutdown's waits; it also reaps, so shutdown works even if SIGCHLD is not wired.
 _POLL_S = 0.02
 
@@ -139,6 +150,12 @@ class _Identity:
 
 @lru_cache(maxsize=256)
 def _identity(user: str | None, group: str | None) -> _Identity:
+    """The uid, gid and supplementary groups of a run as `user` (None: the daemon's) with `group`.
+
+    The supplementary groups are what initgroups(user, gid) sets, as login, su and systemd's
+    User=+Group= do: the run's gid plus every group that lists the user as a member. So with
+    `group:`, the user's primary group is left out unless the group database lists the user in it.
+    """
     pw = _lookup_user(user)
     gid_wanted = _lookup_group(group) if group is not None else None
     euid, egid = os.geteuid(), os.getegid()
@@ -149,9 +166,13 @@ def _identity(user: str | None, group: str | None) -> _Identity:
     if pw is not None and pw.pw_uid != euid:
         run_gid = gid_wanted if gid_wanted is not None else pw.pw_gid
         # Passing numbers, not names, keeps Popen from doing its own NSS lookups on every spawn.
-        groups = tuple(os.getgrouplist(pw.pw_name, pw.pw_gid))
+        groups = tuple(os.getgrouplist(pw.pw_name, run_gid))
         return _Identity(pw.pw_uid, run_gid, groups, home_cwd)
     gid = gid_wanted if gid_wanted is not None and gid_wanted != egid else None
+    if gid_wanted is not None and pw is not None and euid == 0:
+        # Root running a task as itself with `group:`: the same rule, or the daemon's own groups
+        # (its primary group among them) would stay. An unprivileged daemon may not setgroups().
+        return _Identity(None, gid, tuple(os.getgrouplist(pw.pw_name, gid_wanted)), home_cwd)
     return _Identity(None, gid, None, home_cwd)
 
 
@@ -274,20 +295,19 @@ def _pids_by_run_id(run_ids: Iterable[str]) -> dict[str, list[int]]:
     return found
 
 
-def _has_run_id(pid: int, run_id: str) -> bool:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return _run_id_of(f.read()) == run_id
-    except OSError:
-        return False
-
-
 def _children_of(ppid: int) -> list[int]:
     return [pid for pid in _proc_pids() if (st := _proc_stat(pid)) is not None and st[1] == ppid]
 
 
 def _pid_exists(pid: int) -> bool:
     return os.path.exists(f"/proc/{pid}")
+
+
+def _alive(pid: int) -> bool:
+    # A zombie counts as gone: if its parent is not us, it may never be reaped (an init that does
+    # not reap), and it can do nothing any more.
+    st = _proc_stat(pid)
+    return st is not None and st[0] != "Z"
 
 
 def _signal_name(signum: int) -> str:
@@ -360,11 +380,12 @@ class Run:
 
 @dataclass(slots=True)
 class _Escalation:
-    """A SIGKILL due after a SIGTERM, with the escaped processes that TERM found."""
+    """A SIGKILL due after a SIGTERM, with the escaped processes that have had a TERM."""
 
     run: Run
     handle: asyncio.TimerHandle
     escaped: list[int]
+    reason: str
 
 
 class Runner:
@@ -653,7 +674,7 @@ class Runner:
         if error is not None:
             fields["error"] = error
         if run.spec.run_id in self._escalations:
-            self._drop_needless_escalation(run)
+            self._settle_escalation(run)
         if status in ("ok", "killed"):
             run._log.info("run.end", **fields)
         else:
@@ -697,85 +718,145 @@ class Runner:
             return
         if not run.exited and run.cause is None:
             run.cause = "killed"
-        self._send(run, signal.SIGKILL, "kill")
+        self._kill_all([run], "kill")
 
     def _term_then_kill(self, run: Run, grace: float, reason: str) -> None:
         if run.spec.run_id in self._escalations:
             return  # a TERM is already counting down to its KILL; do not restart the clock
         escaped = self._send(run, signal.SIGTERM, reason)
         handle = self._loop.call_later(grace, self._escalate, run, reason)
-        self._escalations[run.spec.run_id] = _Escalation(run, handle, escaped)
+        self._escalations[run.spec.run_id] = _Escalation(run, handle, escaped, reason)
 
     def _escalate(self, run: Run, reason: str) -> None:
-        pending = self._escalations.pop(run.spec.run_id, None)
-        # Only the escapees found at TERM time are re-checked, not all of /proc again: the full
-        # scan costs ~7 us per process on the loop thread, and a KILL may fall on a fire boundary.
-        known = pending.escaped if pending is not None else []
-        self._send(run, signal.SIGKILL, reason, [p for p in known if _has_run_id(p, run.spec.run_id)])
+        self._escalations.pop(run.spec.run_id, None)
+        # All of /proc again, not only the escapees known so far: processes started in reaction to
+        # the TERM (a trap running `setsid x &`) did not exist then. The scan costs ~7 us per
+        # process on the loop thread; that is fine here, KILLs are rare.
+        self._kill_all([run], reason)
 
-    def _drop_needless_escalation(self, run: Run) -> None:
-        """Forget a pending SIGKILL once nothing of the run is left to kill."""
+    def _settle_escalation(self, run: Run) -> None:
+        """At the end of a run whose SIGKILL is pending: TERM its late escapees, or forget the KILL.
+
+        A run may answer its TERM by starting processes outside its group (a trap running
+        `setsid x &`) and then exit. They did not exist when the TERM was sent, so they get theirs
+        now, and the KILL stays due for them. It is forgotten only once no process carries the run's
+        id and its group is empty: such a process can only be forked by another one carrying the
+        id, so when none is left, none can appear later (short of a fork racing the scan itself:
+        a child given a lower pid, after pid wrap-around, by a parent that exits before we read it).
+        """
         pending = self._escalations.get(run.spec.run_id)
-        if pending is None or _pid_exists(run.pid):
+        if pending is None:
+            return
+        # One full scan per signalled run that ends: a kill path, so affordable.
+        found = _pids_by_run_id((run.spec.run_id,)).get(run.spec.run_id, [])
+        late = [p for p in self._outside_group(run, found) if p not in pending.escaped]
+        if late:
+            pending.escaped.extend(self._send(run, signal.SIGTERM, pending.reason, late, group=False))
+        if found or _pid_exists(run.pid):
             return  # if the leader's pid exists again it is someone else's: we cannot tell, keep it
         try:
-            os.killpg(run.pid, 0)
+            os.killpg(run.pid, 0)  # a member may have dropped TORCH_RUN_ID from its environment
             return
         except ProcessLookupError:
             pass
         except PermissionError:
             return
-        if any(_has_run_id(p, run.spec.run_id) for p in pending.escaped):
-            return
         pending.handle.cancel()
         del self._escalations[run.spec.run_id]
 
-    def _send(self, run: Run, sig: signal.Signals, reason: str,
-              escaped: Iterable[int] | None = None) -> list[int]:
-        """Signal the run's process group, plus every process carrying its run id outside the group.
-
-        `escaped` short-cuts the /proc scan when the caller scanned for many runs at once.
-        """
+    def _group_is_ours(self, run: Run) -> bool:
         # The group id is the leader's pid. While the leader is unreaped (even a zombie) the number
         # is ours. Once reaped, it stays reserved as long as any group member lives; it can only be
         # reused once the group is empty, and then by a new process with exactly that pid. So: if
         # the leader is reaped and its pid exists again, the group is someone else's.
-        group_ok = not run.exited or not _pid_exists(run.pid)
-        group_hit = False
-        if group_ok:
-            try:
-                os.killpg(run.pid, sig)
-                group_hit = True
-                if sig == signal.SIGTERM:
-                    # A stopped process would not act on TERM until continued.
-                    os.killpg(run.pid, signal.SIGCONT)
-            except (ProcessLookupError, PermissionError):
-                pass
-        pids = list(escaped) if escaped is not None else _pids_by_run_id((run.spec.run_id,)).get(
-            run.spec.run_id, [])
-        outside: list[int] = []
-        for pid in pids:
-            st = _proc_stat(pid)
-            if st is None or (group_ok and st[2] == run.pid):
-                continue  # gone, or already signalled with its group
-            outside.append(pid)
+        return not run.exited or not _pid_exists(run.pid)
+
+    def _signal_group(self, run: Run, sig: signal.Signals) -> bool:
+        """Signal the run's process group if it is still the run's; True if it had a member."""
+        if not self._group_is_ours(run):
+            return False
+        try:
+            os.killpg(run.pid, sig)
+            if sig == signal.SIGTERM:
+                # A stopped process would not act on TERM until continued.
+                os.killpg(run.pid, signal.SIGCONT)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
+    def _outside_group(self, run: Run, pids: Iterable[int]) -> list[int]:
+        """Those of `pids` that exist outside the run's group (members get the group's signals)."""
+        group_ok = self._group_is_ours(run)
+        return [pid for pid in pids
+                if (st := _proc_stat(pid)) is not None and not (group_ok and st[2] == run.pid)]
+
+    def _signal_outside(self, run: Run, sig: signal.Signals, pids: Iterable[int]) -> list[int]:
+        """Signal those of `pids` that are outside the run's group; return them."""
+        outside = self._outside_group(run, pids)
+        for pid in outside:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
                 if sig == signal.SIGTERM:
                     os.kill(pid, signal.SIGCONT)
-        # A KILL that found nothing left (the usual end of a TERM that worked) is not news.
-        emit = run._log.info if group_hit or outside else run._log.debug
-        emit("run.signal", pid=run.pid, signal=sig.name, reason=reason, group=group_hit, escaped=outside)
         return outside
+
+    @staticmethod
+    def _log_signal(run: Run, sig: signal.Signals, reason: str, group: bool, escaped: list[int]) -> None:
+        # A KILL that found nothing left (the usual end of a TERM that worked) is not news.
+        emit = run._log.info if group or escaped else run._log.debug
+        emit("run.signal", pid=run.pid, signal=sig.name, reason=reason, group=group, escaped=escaped)
+
+    def _send(self, run: Run, sig: signal.Signals, reason: str,
+              escaped: Iterable[int] | None = None, *, group: bool = True) -> list[int]:
+        """Signal the run's process group, plus every process carrying its run id outside the group.
+
+        `escaped` short-cuts the /proc scan when the caller scanned for many runs at once;
+        `group=False` leaves the group alone. Returns the processes signalled outside the group.
+        """
+        group_hit = self._signal_group(run, sig) if group else False
+        pids = list(escaped) if escaped is not None else _pids_by_run_id((run.spec.run_id,)).get(
+            run.spec.run_id, [])
+        outside = self._signal_outside(run, sig, pids)
+        self._log_signal(run, sig, reason, group_hit, outside)
+        return outside
+
+    def _kill_all(self, runs: Iterable[Run], reason: str) -> None:
+        """SIGKILL the runs' process groups and every process that carries one of their run ids.
+
+        The groups go first: once a KILL is pending for a process, the kernel fails its forks, so a
+        scan of /proc made afterwards sees every process that left a group. Those are killed one by
+        one, and one of them may fork between the scan and its own KILL: after a pass that killed
+        any, /proc is scanned again, at most KILL_RESCANS times. A pass that kills nobody ends it.
+        """
+        by_id = {run.spec.run_id: run for run in runs}
+        group_hit = {rid: self._signal_group(run, signal.SIGKILL) for rid, run in by_id.items()}
+        killed: set[int] = set()
+        for rescan in range(KILL_RESCANS + 1):
+            found = _pids_by_run_id(by_id)
+            any_killed = False
+            for rid, run in by_id.items():
+                outside = self._signal_outside(
+                    run, signal.SIGKILL, [p for p in found.get(rid, ()) if p not in killed])
+                if rescan == 0 or outside:
+                    self._log_signal(run, signal.SIGKILL, reason, rescan == 0 and group_hit[rid], outside)
+                killed.update(outside)
+                any_killed = any_killed or bool(outside)
+            if not any_killed:
+                return
 
     async def shutdown(self, stop_timeout: float) -> None:
         """Stop everything: TERM all runs (and orphans), KILL what is left after `stop_timeout`.
+
+        What is left includes what a run started outside its group in reaction to the TERM, even
+        once the run has ended: whatever carries the id of a run we stopped gets a TERM and, if
+        still there after `stop_timeout`, a KILL.
 
         Returns once every run has ended (each logged and reported through on_end) and every child
         of this process has been reaped, or after bounded waits if something refuses to die.
         """
         self._closing = True
         self.reap()
+        deadline = time.monotonic() + stop_timeout
         runs = list(self._runs.values())
         for run in runs:
             if not run.exited and run.cause is None:
@@ -783,22 +864,32 @@ class Runner:
             if run._timeout_handle is not None:
                 run._timeout_handle.cancel()
                 run._timeout_handle = None
-        escaped = _pids_by_run_id(r.spec.run_id for r in runs)
+        run_ids = [r.spec.run_id for r in runs]
+        escaped = _pids_by_run_id(run_ids)
         for run in runs:
             self._send(run, signal.SIGTERM, "shutdown", escaped.get(run.spec.run_id, []))
         self._signal_orphans(signal.SIGTERM)
         await self._wait_until(lambda: not self._runs, stop_timeout)
 
-        # What is still here refused TERM: KILL it, and every pending escalation, now.
-        runs = list(self._runs.values())
+        # Runs that ended may have answered the TERM by starting processes outside their groups, and
+        # members of their groups may still be on their way out: TERM the newcomers, and give them
+        # all what is left of stop_timeout, like the runs.
+        termed = {pid for pids in escaped.values() for pid in pids}
+        found = _pids_by_run_id(run_ids)
+        for run in runs:
+            late = [p for p in self._outside_group(run, found.get(run.spec.run_id, [])) if p not in termed]
+            if late:
+                self._send(run, signal.SIGTERM, "shutdown", late, group=False)
+        kin = [pid for pids in found.values() for pid in pids]
+        await self._wait_until(lambda: not any(_alive(p) for p in kin), deadline - time.monotonic())
+
+        # What is still here refused TERM: KILL it, everything carrying the id of a run we stopped,
+        # and every pending escalation, now.
         pending = list(self._escalations.values())
         self._escalations.clear()
         for p in pending:
             p.handle.cancel()
-        targets = {r.spec.run_id: r for r in [*runs, *(p.run for p in pending)]}
-        escaped = _pids_by_run_id(targets)
-        for run in targets.values():
-            self._send(run, signal.SIGKILL, "shutdown", escaped.get(run.spec.run_id, []))
+        self._kill_all({r.spec.run_id: r for r in [*runs, *(p.run for p in pending)]}.values(), "shutdown")
         await self._wait_until(lambda: not self._runs, SHUTDOWN_KILL_WAIT_S + PIPE_GRACE_S)
         for run in list(self._runs.values()):
             # Unkillable (e.g. stuck in uninterruptible sleep): report it rather than hang forever.
@@ -807,20 +898,29 @@ class Runner:
             self._by_pid.pop(run.pid, None)
             self._finish(run, error="did not exit after SIGKILL")
 
-        # Orphans (reparented to us, the subreaper) belong to no run: nothing may outlive us.
-        self._signal_orphans(signal.SIGKILL)
-        await self._wait_until(lambda: not _children_of(os.getpid()), ORPHAN_REAP_WAIT_S)
+        # Orphans (reparented to us, the subreaper) belong to no run: nothing may outlive us. Each
+        # one killed hands its own children to us, so keep killing new ones while we wait.
+        killed: set[int] = set()
+
+        def no_children_left() -> bool:
+            killed.update(self._signal_orphans(signal.SIGKILL, skip=killed))
+            return not _children_of(os.getpid())
+
+        await self._wait_until(no_children_left, ORPHAN_REAP_WAIT_S)
         left = _children_of(os.getpid())
         if left:
             self._log.warning("runner.children_left", pids=left)
 
-    def _signal_orphans(self, sig: signal.Signals) -> None:
-        orphans = [pid for pid in _children_of(os.getpid()) if pid not in self._by_pid]
+    def _signal_orphans(self, sig: signal.Signals, skip: set[int] | None = None) -> list[int]:
+        """Signal our children that are no run's main process (and not in `skip`); return them."""
+        orphans = [pid for pid in _children_of(os.getpid())
+                   if pid not in self._by_pid and (skip is None or pid not in skip)]
         for pid in orphans:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
         if orphans:
             self._log.info("runner.orphans_signalled", signal=sig.name, pids=orphans)
+        return orphans
 
     async def _wait_until(self, done: Callable[[], bool], timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import grp
 import io
 import itertools
 import json
 import os
 import pwd
+import shutil
 import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -33,8 +36,10 @@ from gotorch.runner import (
     RunResult,
     RunSpec,
     build_env,
+    clear_caches,
     set_child_subreaper,
 )
+from tests.conftest import describe_pids, pids_with_env
 
 pytestmark = pytest.mark.integration
 
@@ -489,3 +494,167 @@ def test_reap_takes_orphans_without_a_run(h: Harness) -> None:
     assert h.wait_end(run).status == "ok"
     escaped.kill()
     assert wait_gone(h, [escaped]) == []  # reaped by the SIGCHLD handler, not left a zombie
+
+
+# --- processes started in reaction to TERM -----------------------------------------------------------
+
+# The run's shell answers TERM by starting a process in a session of its own (it leaves the group, but
+# carries TORCH_RUN_ID), then exits 0: the run ends, and the escapee was not there at TERM time.
+REACTING_SHELL = "trap '{action}; exit 0' TERM; echo ready; sleep 1000"
+# The escapee of the "plain" case: it holds the run's pipes and dies of TERM.
+PLAIN_ESCAPEE = 'setsid sleep 1000 & echo "escaped=$!"'
+# The escapee of the "stubborn" case: it ignores TERM from birth (it may get one right away), has a
+# child of its own at once, and a moment later forks again into yet another session (it records
+# that pid: the test checks that the late fork happened).
+STUBBORN_ESCAPEE = '(trap "" TERM; exec setsid sh -c "$STUBBORN" </dev/null >/dev/null 2>&1) & echo "escaped=$!"'
+STUBBORN = textwrap.dedent("""\
+    sleep 1000 &
+    sleep 0.5
+    setsid sleep 1000 &
+    echo $! > "$LATE_PID_FILE"
+    sleep 1000
+    """)
+
+
+def run_id_pids(run: Run) -> list[int]:
+    """Live processes (zombies count as gone) carrying `run`'s TORCH_RUN_ID, found in /proc."""
+    return pids_with_env("TORCH_RUN_ID", run.spec.run_id)
+
+
+@pytest.mark.parametrize("escapee", ["plain", "stubborn"])
+@pytest.mark.parametrize("trigger", ["timeout", "terminate", "shutdown"])
+def test_processes_started_in_reaction_to_term_do_not_outlive_the_kill(
+        h: Harness, tmp_path: Any, trigger: str, escapee: str) -> None:
+    kill_timeout = 1.5
+    late_pid_file = tmp_path / "late.pid"
+    action = PLAIN_ESCAPEE if escapee == "plain" else STUBBORN_ESCAPEE
+    run = h.start(REACTING_SHELL.format(action=action),
+                  env=(("STUBBORN", STUBBORN), ("LATE_PID_FILE", str(late_pid_file))),
+                  timeout=1.0 if trigger == "timeout" else None, kill_timeout=kill_timeout)
+    assert h.wait_lines(run, 1) == ["ready"]
+    t0 = time.monotonic()
+    if trigger == "terminate":
+        h.runner.terminate(run)
+    elif trigger == "shutdown":
+        h.shutdown(stop_timeout=kill_timeout)
+    result = h.wait_end(run)
+    assert result.status == ("timeout" if trigger == "timeout" else "killed"), result
+    assert (result.exit_code, result.signal) == (0, None)  # the shell itself answered TERM by exiting
+    escaped_pid(h.lines(run))  # the trap did start its escapee (else this test proves nothing)
+    # Once the run has ended and kill_timeout has passed since the TERM, nothing of it may be left.
+    deadline = (1.0 if trigger == "timeout" else 0.0) + kill_timeout + 3.0
+    h.wait_for(lambda: not run_id_pids(run), max(0.0, deadline - (time.monotonic() - t0)))
+    left = run_id_pids(run)
+    assert left == [], describe_pids(left)
+    if escapee == "stubborn":
+        late = int(late_pid_file.read_text())  # the late fork happened, and it is gone too
+        assert late not in pids_with_env("TORCH_RUN_ID")
+
+
+def test_kill_rescans_for_processes_forked_between_scan_and_kill(
+        h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An escapee that ignores TERM; at the KILL, it forks (modelled by spawning a process with the
+    # run's id just before the KILL reaches it): the child was not in the scan, a rescan must find it.
+    run = h.start("trap '' TERM; setsid sleep 1000 & echo $!; sleep 1000", kill_timeout=0.5)
+    escapee = int(h.wait_lines(run, 1)[0])
+    late: list[int] = []
+    real_kill = os.kill
+
+    def kill(pid: int, sig: int) -> None:
+        if pid == escapee and sig == signal.SIGKILL and not late:
+            env = {"PATH": "/usr/bin:/bin", "TORCH_RUN_ID": run.spec.run_id}
+            late.append(os.posix_spawn("/bin/sleep", ["sleep", "1000"], env, setsid=True))
+        real_kill(pid, sig)
+
+    monkeypatch.setattr(os, "kill", kill)
+    h.runner.terminate(run)
+    result = h.wait_end(run)
+    assert (result.status, result.signal) == ("killed", "SIGKILL")
+    assert len(late) == 1, "the escapee was never KILLed on its own"
+    h.wait_for(lambda: not run_id_pids(run), 5.0)
+    assert run_id_pids(run) == [], describe_pids(run_id_pids(run))
+
+
+# --- user and group ----------------------------------------------------------------------------------
+
+
+class Accounts:
+    """A throw-away user whose primary group is `primary`, listed as a member of `listed`, and a
+    third group `chosen` the user is not in (the task's `group:`)."""
+
+    def __init__(self) -> None:
+        suffix = f"{os.getpid()}x{next(_ids)}"
+        self.user = f"tqu{suffix}"
+        self.primary, self.listed, self.chosen = (f"tq{k}{suffix}" for k in "plc")
+
+    def gid(self, name: str) -> int:
+        return grp.getgrnam(name).gr_gid
+
+
+def _admin(*argv: str) -> None:
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, f"{argv}: {r.stderr}"
+
+
+@pytest.fixture
+def accounts() -> Iterator[Accounts]:
+    if os.geteuid() != 0:
+        pytest.skip("creating accounts and running tasks as them needs root")
+    if not (shutil.which("useradd") and shutil.which("groupadd")):
+        pytest.skip("useradd/groupadd (passwd package) not installed")
+    a = Accounts()
+    made: list[tuple[str, ...]] = []
+    try:
+        for group in (a.primary, a.listed, a.chosen):
+            _admin("groupadd", group)
+            made.append(("groupdel", group))
+        _admin("useradd", "-M", "-s", "/bin/sh", "-g", a.primary, "-G", a.listed, a.user)
+        made.append(("userdel", a.user))
+        clear_caches()
+        yield a
+    finally:
+        for argv in reversed(made):
+            subprocess.run(argv, capture_output=True, timeout=60)
+        clear_caches()
+
+
+SHOW_GROUPS = "grep -E '^(Gid|Groups):' /proc/self/status"
+
+
+def run_groups(h: Harness, **kw: Any) -> tuple[set[int], set[int]]:
+    """(the real/effective/saved/fs gids, the supplementary groups) of a run of SHOW_GROUPS."""
+    run = h.start(SHOW_GROUPS, **kw)
+    assert h.wait_end(run).status == "ok", h.lines(run)
+    fields = dict(line.split(":", 1) for line in h.lines(run, "stdout"))
+    return {int(g) for g in fields["Gid"].split()}, {int(g) for g in fields["Groups"].split()}
+
+
+def test_user_with_group_drops_the_users_primary_group(h: Harness, accounts: Accounts) -> None:
+    a = accounts
+    primary, listed, chosen = a.gid(a.primary), a.gid(a.listed), a.gid(a.chosen)
+    # As initgroups(user, group): the chosen group and the groups listing the user, nothing else.
+    assert run_groups(h, user=a.user, group=a.chosen) == ({chosen}, {chosen, listed})
+    # Without group: the primary group, as before.
+    assert run_groups(h, user=a.user) == ({primary}, {primary, listed})
+    # A user listed as a member of its primary group keeps it, as with initgroups.
+    _admin("usermod", "-a", "-G", a.primary, a.user)
+    clear_caches()
+    assert run_groups(h, user=a.user, group=a.chosen) == ({chosen}, {chosen, listed, primary})
+
+
+def test_task_without_user_with_group_drops_the_daemon_users_primary_group(
+        h: Harness, accounts: Accounts) -> None:
+    # No user: the run is the daemon's user (root here), and `group:` follows the same rule. The
+    # daemon carries its primary group as a supplementary one, as after a login or `su`.
+    me = pwd.getpwuid(os.geteuid())
+    chosen = accounts.gid(accounts.chosen)
+    saved = os.getgroups()
+    os.setgroups([me.pw_gid])
+    try:
+        gids, groups = run_groups(h, group=accounts.chosen)
+    finally:
+        os.setgroups(saved)
+    assert gids == {chosen}
+    assert groups == set(os.getgrouplist(me.pw_name, chosen))
+    if me.pw_name not in grp.getgrgid(me.pw_gid).gr_mem:
+        assert me.pw_gid not in groups
