@@ -55,9 +55,15 @@ Cron schedules are evaluated on the task timezone's wall clock.
    hours keep their real-time spacing instead: wall times in the gap are skipped, and the repeated hour
    fires on both passes (second-pass fires carry ``dst="repeat"``) because it really passes twice.
 
-Fires are always returned in order of real instants. The search assumes, as every current tz database
-zone satisfies, that a zone's UTC offset changes by at most three hours at a time and not twice
-within three hours.
+The gap or the repeat is not always an hour: whole calendar days have been skipped (Pacific/Apia
+went from -10 to +14 at the end of 2011-12-29, so 2011-12-30 never happened there; a daily 09:00
+runs once, at 2011-12-31 00:00) and repeated (Alaska in 1867, Samoa in 1892), and the policy is the
+same whatever the size.
+
+Fires are always returned in order of real instants. The search assumes, as every zone of the tz
+database satisfies (tests/test_dst.py checks the installed copy), that a zone's UTC offset changes
+by at most 26 hours at a time, never twice within 26 hours, and never ends up more than 26 hours
+above an offset it had earlier. (The largest changes are 24 hours; two changes are always days apart.)
 """
 
 from __future__ import annotations
@@ -552,7 +558,7 @@ _EPOCH_ORD: Final = date(1970, 1, 1).toordinal()
 _SECOND_TD: Final = timedelta(seconds=1)
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _WEEKS_PATTERN: Final = sum(1 << (7 * k) for k in range(5))  # replicate a 7-bit week 5 times
-_MAX_YEAR: Final = 9998  # keeps every +-3h probe inside datetime's range
+_MAX_YEAR: Final = 9998  # keeps every probe (up to _SHIFT past a fire) inside datetime's range
 _MAX_TS: Final = int((datetime(_MAX_YEAR, 12, 31, tzinfo=UTC) - _EPOCH).total_seconds())
 
 
@@ -649,12 +655,21 @@ def _next_wall(spec: _CronSpec, ws: int) -> int | None:
 # --------------------------------------------------------------------------------------------------
 # Mapping wall times to instants.
 
-_SHIFT: Final = 3 * 3600  # bound on any single UTC-offset change (and on how close two can be)
+# The bound the search relies on (see the module docstring): no single offset change is larger, no
+# two changes are closer, and no offset lies further above an earlier one. It is not an hour or two:
+# Pacific/Apia skipped 24 hours in 2011, and its offset has been both -11:30 (1911-1950) and +14
+# (2011-2021), 25.5 hours apart.
+_SHIFT: Final = 26 * 3600
 _NEVER: Final = -(1 << 62)
+# Probing _SHIFT before an instant in year 1 would leave datetime's range; no zone changes offset
+# that early, so the offset a day later stands in.
+_MIN_PROBE: Final = int((datetime(1, 1, 2, tzinfo=UTC) - _EPOCH).total_seconds())
 
 
 def _off(tz: tzinfo, ts: int) -> int:
     """UTC offset of ``tz`` at instant ``ts``, in seconds."""
+    if ts < _MIN_PROBE:
+        ts = _MIN_PROBE
     off = datetime.fromtimestamp(ts, tz).utcoffset()
     return 0 if off is None else off // _SECOND_TD
 
@@ -668,6 +683,31 @@ def _first_change(tz: tzinfo, lo: int, hi: int, o_lo: int) -> int:
         else:
             hi = mid
     return hi
+
+
+# Transitions already located: (id(zone), instant // _SHIFT) -> (zone, instant). Every call within
+# _SHIFT of a transition sees it in a probe window; remembering it spares a bisection over a day-wide
+# window each time (a 1/s task would otherwise re-bisect it for 26 hours). Keyed by id because some
+# tzinfo classes (dateutil's) are unhashable; the entry keeps its zone alive, so the id stays its own.
+# Bounded by clearing when full.
+_located: dict[tuple[int, int], tuple[tzinfo, int]] = {}
+_LOCATED_MAX: Final = 1024
+
+
+def _change_in(tz: tzinfo, lo: int, hi: int, o_lo: int) -> int:
+    """The offset change in (lo, hi], where hi - lo <= _SHIFT and the offset at hi is not ``o_lo``.
+
+    There is exactly one (changes are more than _SHIFT apart), so a remembered change in the window is it.
+    """
+    for k in (hi // _SHIFT, lo // _SHIFT):
+        found = _located.get((id(tz), k))
+        if found is not None and found[0] is tz and lo < found[1] <= hi:
+            return found[1]
+    t = _first_change(tz, lo, hi, o_lo)
+    if len(_located) >= _LOCATED_MAX:
+        _located.clear()
+    _located[(id(tz), t // _SHIFT)] = (tz, t)
+    return t
 
 
 def _next_cron(spec: _CronSpec, tz: tzinfo, after: int) -> tuple[int, Dst | None] | None:
@@ -687,7 +727,7 @@ def _next_cron(spec: _CronSpec, tz: tzinfo, after: int) -> tuple[int, Dst | None
         o_before = _off(tz, u - _SHIFT)
         rep_end = _NEVER
         if o_before != o:
-            p = _first_change(tz, u - _SHIFT, u, o_before)
+            p = _change_in(tz, u - _SHIFT, u, o_before)
             if o_before > o:
                 # Wall times below rep_end were already lived through before this fall-back.
                 rep_end = p + o_before
@@ -697,7 +737,7 @@ def _next_cron(spec: _CronSpec, tz: tzinfo, after: int) -> tuple[int, Dst | None
                 if w is not None and w < p + o:
                     return p, "gap"
         o_after = _off(tz, u + _SHIFT)
-        t = _first_change(tz, u, u + _SHIFT, o) if o_after != o else None
+        t = _change_in(tz, u, u + _SHIFT, o) if o_after != o else None
         lo_wall = u + o
         if spec.fixed_hour and rep_end > lo_wall:
             lo_wall = rep_end  # a fixed time runs only at its first occurrence
@@ -709,9 +749,11 @@ def _next_cron(spec: _CronSpec, tz: tzinfo, after: int) -> tuple[int, Dst | None
             if c <= u + _SHIFT:
                 return c, ("repeat" if w < rep_end else None)
             if _off(tz, c - _SHIFT) == o and _off(tz, c) == o:
-                # No offset change near c, nor near u: nothing in between can beat it, because wall
-                # time only ever runs backwards by at most _SHIFT.
+                # No offset change within _SHIFT before c, so c really shows wall w. No instant
+                # before c - _SHIFT can show w or later either: its offset would have to be more than
+                # _SHIFT above o, which is later at c.
                 return c, None
+            # The same argument: no fire before c - _SHIFT. Any change is located from there.
             u = max(u + _SHIFT + 1, c - _SHIFT)
             continue
         if c < t:
@@ -798,12 +840,12 @@ def _year_transitions(tz: tzinfo, year: int) -> tuple[tuple[int, int, int], ...]
     o = _off(tz, x)
     out: list[tuple[int, int, int]] = []
     while x < end:
-        nxt = min(x + 86400, end)
+        nxt = min(x + _SHIFT, end)  # no step can hold two changes
         o_nxt = _off(tz, nxt)
         if o_nxt == o:
             x = nxt
             continue
-        t = _first_change(tz, x, nxt, o)
+        t = _change_in(tz, x, nxt, o)
         o_t = _off(tz, t)
         out.append((t, o, o_t))
         x, o = t, o_t
@@ -823,13 +865,23 @@ def _fmt_offset(seconds: int) -> str:
     return f"{sign}{h:02d}:{m:02d}" + (f":{s:02d}" if s else "")
 
 
-def _times(walls: list[int]) -> str:
-    names = [_hm(w) for w in walls]
+def _day(ws: int) -> str:
+    return date.fromordinal(ws // 86400 + _EPOCH_ORD).isoformat()
+
+
+def _times(walls: list[int]) -> tuple[str, str]:
+    """The wall times as text, and " on <date>" when they share one date.
+
+    A gap or repeat can last a whole day and cross midnight; then each time carries its own date.
+    """
+    one_day = _day(walls[0]) == _day(walls[-1])
+    names = [_hm(w) if one_day else f"{_day(w)} {_hm(w)}" for w in walls]
+    on = f" on {_day(walls[0])}" if one_day else ""
     if len(names) == 1:
-        return names[0]
+        return names[0], on
     if len(names) <= 6:
-        return ", ".join(names[:-1]) + " and " + names[-1]
-    return f"{names[0]} to {names[-1]} ({len(names)} times)"
+        return ", ".join(names[:-1]) + " and " + names[-1], on
+    return f"{names[0]} to {names[-1]} ({len(names)} times)", on
 
 
 def _matching_walls(spec: _CronSpec, lo: int, hi: int) -> list[int]:
@@ -861,7 +913,8 @@ def dst_warnings(schedule: Schedule, tz: tzinfo, start: datetime, months: int = 
     end_ts = _epoch_floor(_add_months(start, months))
     zone = getattr(tz, "key", None) or str(tz)
     first_year = datetime.fromtimestamp(start_ts, UTC).year - 1
-    last_year = datetime.fromtimestamp(end_ts, UTC).year
+    # A repeat's first pass, which is what counts, starts up to _SHIFT before its transition.
+    last_year = min(datetime.fromtimestamp(end_ts + _SHIFT, UTC).year, _MAX_YEAR)
     out: list[str] = []
     for year in range(first_year, last_year + 1):
         for t, before, after in _year_transitions(tz, year):
@@ -871,20 +924,23 @@ def dst_warnings(schedule: Schedule, tz: tzinfo, start: datetime, months: int = 
                 walls = _matching_walls(spec, t + before, t + after)
                 if not walls:
                     continue
-                day = date.fromordinal(walls[0] // 86400 + _EPOCH_ORD).isoformat()
+                times, on = _times(walls)
+                run = t + after
+                # After a gap of a day the run is on a later date than the time it stands for.
+                run_on = "" if on == f" on {_day(run)}" else f" on {_day(run)}"
                 verb, obj = ("does", "it") if len(walls) == 1 else ("do", "them once,")
-                out.append(f"{_times(walls)} {zone} {verb} not exist on {day}; torch runs {obj} at {_hm(t + after)}")
+                out.append(f"{times} {zone} {verb} not exist{on}; torch runs {obj} at {_hm(run)}{run_on}")
             else:  # fall back: walls [t+after, t+before) happen twice
                 walls = [w for w in _matching_walls(spec, t + after, t + before) if start_ts <= w - before < end_ts]
                 if not walls:
                     continue
-                day = date.fromordinal(walls[0] // 86400 + _EPOCH_ORD).isoformat()
+                times, on = _times(walls)
                 if len(walls) == 1:
                     tail = f"torch runs it once, at the first ({_hm(walls[0])}{_fmt_offset(before)})"
-                    out.append(f"{_times(walls)} {zone} happens twice on {day}; {tail}")
+                    out.append(f"{times} {zone} happens twice{on}; {tail}")
                 else:
                     tail = f"torch runs each once, at the first ({_fmt_offset(before)})"
-                    out.append(f"{_times(walls)} {zone} happen twice on {day}; {tail}")
+                    out.append(f"{times} {zone} happen twice{on}; {tail}")
     return out
 
 
