@@ -14,6 +14,14 @@ rules below are unit-tested with a fake one:
   that fire at least hourly keep firing on the new clock (so, like cronie, they may repeat instants);
   less frequent tasks wait for their next instant that was not fired yet. Beyond that it is a clock
   correction: every task is recomputed from the new time.
+* A task whose fires cannot be worked out (its schedule or a field raises) is reported as a
+  `TaskError` and re-checked after a backoff (1 s doubling to `RETRY_MAX`): from the second it failed
+  (or the last second it fired, if later), so once the cause is gone it fires again. Other tasks are
+  never affected.
+
+The heap keeps stale entries of changed and removed tasks until they come up, or until they outnumber
+the live ones: then it is rebuilt, so memory stays proportional to the live tasks however often the
+configuration is reloaded.
 
 `Scheduler` is the imperative shell: it owns the asyncio loop's state (queue, runner, daemon-task
 copies, current config), wakes on every second boundary, and turns decisions into runs.
@@ -32,7 +40,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from gotorch.config import Task
 from gotorch.log import get_logger
@@ -46,6 +54,13 @@ BACKWARD_LIMIT = 3 * 3600
 # counting one by one (the count is then reported with exact=false), so a suspend of days cannot wedge
 # the loop for seconds.
 MISSED_COUNT_CAP = 1_000
+# A task whose fires could not be worked out is re-checked after RETRY_INITIAL seconds, doubling up to
+# RETRY_MAX: a transient cause costs a second, a permanent one a computation and a log line a minute.
+RETRY_INITIAL = 1
+RETRY_MAX = 60
+# The heap is rebuilt once it holds more than twice the live entries plus this many (and the version
+# table likewise): the rebuild is O(live), so its cost per stale entry stays constant.
+COMPACT_SLACK = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +96,30 @@ class ClockJump:
     action: Literal["catch_up", "keep_firing", "recompute"]
 
 
-Action = FireNow | Missed | ClockJump
+@dataclass(frozen=True, slots=True)
+class TaskError:
+    """Working out the fires of task `task` at `second` raised `error`; it is re-checked at `retry_at`.
+
+    `attempt` counts consecutive failures, from 1. Nothing else was affected: other tasks fired as usual.
+    """
+
+    task: str
+    second: int
+    error: Exception
+    retry_at: int
+    attempt: int = 1
+
+
+Action = FireNow | Missed | ClockJump | TaskError
+
+
+class _Retry(NamedTuple):
+    """A task waiting for its re-check at `at` (heap entry `(at, version, name)`), then fires after `after`."""
+
+    at: int
+    version: int
+    after: int
+    attempt: int
 
 
 class FireQueue:
@@ -94,6 +132,8 @@ class FireQueue:
         self._last_fired: dict[str, int] = {}
         self._next: dict[str, int] = {}
         self._unsettled: list[Task] = []
+        self._retry: dict[str, _Retry] = {}  # tasks whose fires could not be worked out; not in _next
+        self._errors: list[TaskError] = []  # failures not yet handed out (see take_errors)
         self._last_wall: float | None = None
         self._last_mono: float | None = None
 
@@ -104,7 +144,8 @@ class FireQueue:
 
         New and changed tasks get their first fire strictly after the current second and after
         the last second they fired, so a reload never fires anything twice. `hints` (see
-        `precompute`) saves recomputing next fires a worker thread already worked out.
+        `precompute`) saves recomputing next fires a worker thread already worked out. A task whose
+        first fire cannot be worked out is left for a re-check and reported by take_errors()/tick().
         """
         self.settle()
         # The last second the queue processed, not the wall clock: a reload applied just after a
@@ -119,6 +160,7 @@ class FireQueue:
                 self._tasks[name] = task  # same definition; keep schedule state (line may differ)
                 continue
             self._tasks[name] = task
+            self._retry.pop(name, None)  # a new definition: whatever failed is worked out afresh
             after = max(now, self._last_fired.get(name, now))
             if hints is not None and name in hints.next and hints.after <= after:
                 hint = hints.next[name]
@@ -127,7 +169,10 @@ class FireQueue:
                     self._version[name] = self._version.get(name, 0) + 1
                     self._set_next(name, hint)
                     continue
-            self._push(task, after)
+            self._push(task, after, now)
+        self._compact()
+        if len(self._last_fired) > 2 * len(self._tasks) + COMPACT_SLACK:
+            self._forget_old_fires(now)
 
     def next_fire(self, name: str) -> int | None:
         """The next fire second of task `name`, if scheduled."""
@@ -135,11 +180,16 @@ class FireQueue:
         return self._next.get(name)
 
     def next_due(self) -> int | None:
-        """The earliest pending fire second, or None if nothing is scheduled."""
+        """The earliest second tick() has something to do (a fire or a re-check), or None if nothing."""
         self.settle()
-        while self._heap and not self._current(self._heap[0]):
+        while self._heap and not (self._current(self._heap[0]) or self._is_retry(self._heap[0])):
             heapq.heappop(self._heap)
         return self._heap[0][0] if self._heap else None
+
+    def take_errors(self) -> list[TaskError]:
+        """Failures recorded since the last call (by set_tasks or settle; tick() returns its own)."""
+        errors, self._errors = self._errors, []
+        return errors
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -147,7 +197,10 @@ class FireQueue:
     # -- the decision ----------------------------------------------------------------------------
 
     def tick(self, wall: float, mono: float) -> list[Action]:
-        """Everything due at wall time `wall` (with monotonic reading `mono`), in order of scheduled second."""
+        """Everything due at wall time `wall` (with monotonic reading `mono`), in order of scheduled second.
+
+        TaskErrors (including those recorded since the last take_errors()) come last.
+        """
         self.settle()
         actions: list[Action] = []
         if self._last_wall is not None and self._last_mono is not None:
@@ -159,10 +212,12 @@ class FireQueue:
         self._last_wall, self._last_mono = wall, mono
 
         now = math.floor(wall)
-        heap = self._heap
+        heap = self._heap  # after _jumped_back: it may have rebuilt the heap
         while heap and heap[0][0] <= now:
             entry = heapq.heappop(heap)
             if not self._current(entry):
+                if self._retry:  # off the hot path: only stale entries get here
+                    self._recheck(entry, now)
                 continue
             task = self._tasks[entry[2]]
             if entry[0] == now:
@@ -173,19 +228,38 @@ class FireQueue:
                 self._next.pop(task.name, None)
                 self._unsettled.append(task)
                 continue
-            self._due(task, entry[0], wall, actions)
+            try:
+                actions += self._due(task, entry[0], wall)
+            except Exception as exc:
+                # Nothing of the window ran. The re-check starts after `now`, not at the window: a
+                # window that cannot be worked out (a NaN misfire_grace after a long stall) would
+                # otherwise fail the same way at every re-check.
+                self._fail(task, now, exc)
+        if self._errors:
+            actions += self.take_errors()
         return actions
 
     def settle(self) -> None:
-        """Schedule the next fire of every task tick() fired on time (cheap to call when none)."""
+        """Schedule the next fire of every task tick() fired on time (cheap to call when none).
+
+        A task whose next fire cannot be worked out is left for a re-check (see take_errors()).
+        """
         for task in self._unsettled:
-            assert task.schedule is not None
             if self._tasks.get(task.name) is task and task.name not in self._next:
-                self._set_next(task.name, next_fire_ts(task.schedule, task.tz, self._last_fired[task.name]))
+                # try costs nothing in 3.11+ unless it raises: this loop is the per-fire hot path.
+                try:
+                    assert task.schedule is not None
+                    nxt = next_fire_ts(task.schedule, task.tz, self._last_fired[task.name])
+                except Exception as exc:
+                    self._fail(task, self._last_fired[task.name], exc)
+                    continue
+                self._set_next(task.name, nxt)
         self._unsettled.clear()
 
-    def _due(self, task: Task, first: int, wall: float, actions: list[Action]) -> None:
+    def _due(self, task: Task, first: int, wall: float) -> list[Action]:
+        """The actions for a task whose fire at `first` is late (maybe with more fires up to now)."""
         assert task.schedule is not None
+        actions: list[Action] = []
         sched, tz, now = task.schedule, task.tz, math.floor(wall)
         on_time: list[int] = []
         late_first = late_prev = late_last = -1
@@ -221,22 +295,75 @@ class FireQueue:
             else:
                 actions.append(Missed(task.name, late_first, late_last, late_count, "beyond_grace", exact))
         self._fired(task, last, fire)
+        return actions
 
     def _jumped_back(self, seconds: float, wall: float) -> ClockJump:
         now = math.floor(wall)
         if seconds > BACKWARD_LIMIT:
+            # A clock correction: every instant fired on the wrong clock is forgotten, including those
+            # of removed tasks (re-added later, they would otherwise wait out the correction).
+            self._last_fired.clear()
             for task in self._tasks.values():
-                self._last_fired.pop(task.name, None)
-                self._push(task, now)
+                self._push(task, now, now)
+            self._compact()
             return ClockJump("backward", seconds, "recompute")
         for task in self._tasks.values():
-            if task.schedule is not None and repeats_at_least_hourly(task.schedule):
+            try:
+                hourly = task.schedule is not None and repeats_at_least_hourly(task.schedule)
+            except Exception as exc:
+                self._fail(task, now, exc)
+                continue
+            if hourly:
                 # Fires on the new clock from now on: forget the instants past it, or a later edit
                 # (set_tasks starts after the last fired second) would silence the task for the jump.
                 if self._last_fired.get(task.name, now) > now:
                     self._last_fired[task.name] = now
-                self._push(task, now)
+                self._push(task, now, now)
+        # Re-checks armed on the old clock would wait out the jump: bring them forward.
+        for name, r in list(self._retry.items()):
+            if r.at > now + 1:
+                self._retry[name] = r._replace(at=now + 1)
+                heapq.heappush(self._heap, (now + 1, r.version, name))
+        self._compact()
         return ClockJump("backward", seconds, "keep_firing")
+
+    # -- failures ----------------------------------------------------------------------------------
+
+    def _fail(self, task: Task, second: int, error: Exception, attempt: int = 1) -> None:
+        """Record that working out `task`'s fires at `second` raised; re-check it after a backoff.
+
+        The re-check looks for the first fire after `second` (or after the last fired second, if
+        later: never fire an instant twice). Fires it then finds already past are handled as after a
+        late wake-up: caught up within misfire_grace or reported as missed.
+        """
+        name = task.name
+        self._next.pop(name, None)  # whatever it said is no longer known to be right
+        at = second + min(RETRY_INITIAL << min(attempt - 1, 16), RETRY_MAX)
+        version = self._version.setdefault(name, 1)
+        after = max(second, self._last_fired.get(name, second))
+        self._retry[name] = _Retry(at, version, after, attempt)
+        heapq.heappush(self._heap, (at, version, name))
+        self._errors.append(TaskError(name, second, error, at, attempt))
+
+    def _is_retry(self, entry: tuple[int, int, str]) -> bool:
+        r = self._retry.get(entry[2])
+        return r is not None and r.at == entry[0] and r.version == entry[1]
+
+    def _recheck(self, entry: tuple[int, int, str], now: int) -> None:
+        """Work out again the next fire of a task that failed, if `entry` is its re-check."""
+        if not self._is_retry(entry):
+            return
+        name = entry[2]
+        r = self._retry.pop(name)
+        task = self._tasks[name]  # _drop removes the re-check of a removed task
+        try:
+            assert task.schedule is not None
+            nxt = next_fire_ts(task.schedule, task.tz, r.after)
+        except Exception as exc:
+            self._fail(task, now, exc, r.attempt + 1)
+            return
+        # A fire at or before `now` lands on top of the heap and is handled by the running tick loop.
+        self._set_next(name, nxt)
 
     # -- heap bookkeeping --------------------------------------------------------------------------
 
@@ -244,10 +371,17 @@ class FireQueue:
         self._last_fired[task.name] = second
         self._set_next(task.name, nxt)
 
-    def _push(self, task: Task, after: int) -> None:
-        assert task.schedule is not None
+    def _push(self, task: Task, after: int, now: int) -> None:
+        """(Re)schedule `task` from scratch: its first fire after `after`; a failure is recorded at `now`."""
         self._version[task.name] = self._version.get(task.name, 0) + 1
-        self._set_next(task.name, next_fire_ts(task.schedule, task.tz, after))
+        self._retry.pop(task.name, None)
+        try:
+            assert task.schedule is not None
+            nxt = next_fire_ts(task.schedule, task.tz, after)
+        except Exception as exc:
+            self._fail(task, now, exc)
+            return
+        self._set_next(task.name, nxt)
 
     def _set_next(self, name: str, nxt: int | None) -> None:
         if nxt is None:
@@ -263,8 +397,36 @@ class FireQueue:
     def _drop(self, name: str) -> None:
         self._tasks.pop(name, None)
         self._next.pop(name, None)
+        self._retry.pop(name, None)
         self._version[name] = self._version.get(name, 0) + 1
         # _last_fired is kept: a task removed and re-added must not fire a second it already fired.
+
+    def _compact(self) -> None:
+        """Rebuild the heap from the live entries once stale ones (changed, removed tasks) dominate.
+
+        Pops see the same live entries in the same order, so what fires does not change. Versions of
+        removed tasks go too: no heap entry refers to them any more, so a re-added task may start over.
+        """
+        live = len(self._next) + len(self._retry)
+        if len(self._heap) <= 2 * live + COMPACT_SLACK and len(self._version) <= 2 * len(self._tasks) + COMPACT_SLACK:
+            return
+        version = self._version
+        heap = [(ts, version[name], name) for name, ts in self._next.items()]
+        heap += [(r.at, r.version, name) for name, r in self._retry.items()]
+        heapq.heapify(heap)
+        self._heap = heap
+        self._version = {name: v for name, v in version.items() if name in self._tasks}
+
+    def _forget_old_fires(self, now: int) -> None:
+        """Drop the last fired seconds of removed tasks that can no longer matter.
+
+        A re-added task starts after max(now, last fired), so a removed task's entry only matters
+        while the clock could be set back to before it; a step back beyond BACKWARD_LIMIT is a clock
+        correction that forgets them all anyway (_jumped_back).
+        """
+        horizon = now - BACKWARD_LIMIT
+        tasks = self._tasks
+        self._last_fired = {n: s for n, s in self._last_fired.items() if n in tasks or s >= horizon}
 
 
 @dataclass(frozen=True)
@@ -276,10 +438,19 @@ class FireHints:
 
 
 def precompute(tasks: Iterable[Task], wall: float) -> FireHints:
-    """Work out every timed task's next fire after `wall`: the slow part of applying a big config."""
+    """Work out every timed task's next fire after `wall`: the slow part of applying a big config.
+
+    A task whose next fire cannot be worked out gets no hint: set_tasks then tries itself, and reports.
+    """
     after = math.floor(wall)
-    return FireHints(after, {t.name: next_fire_ts(t.schedule, t.tz, after) for t in tasks
-                             if t.schedule is not None and t.schedule.kind != "reboot"})
+    hints: dict[str, int | None] = {}
+    for t in tasks:
+        if t.schedule is not None and t.schedule.kind != "reboot":
+            try:
+                hints[t.name] = next_fire_ts(t.schedule, t.tz, after)
+            except Exception:  # set_tasks tries again itself, reports it and owns the re-check
+                continue
+    return FireHints(after, hints)
 
 
 @dataclass
@@ -390,6 +561,7 @@ class Scheduler:
                 fresh.last_status, fresh.last_end, fresh.last_scheduled = st.last_status, st.last_end, st.last_scheduled
             self.states[name] = fresh
         self.queue.set_tasks((t for t, _ in tasks.values() if t.type == "cron"), wall, hints)
+        self._log_task_errors(self.queue.take_errors())
         for name in (*plan.added, *plan.changed):
             task = tasks[name][0]
             if task.type == "daemon":
@@ -472,18 +644,37 @@ class Scheduler:
         await fut
 
     def tick(self) -> None:
-        """Fire everything due now. Starts go first; logging and bookkeeping after."""
+        """Fire everything due now. Starts go first; logging and bookkeeping after.
+
+        One task's failure (to start, or to have its fires worked out) is logged and costs no other
+        task its fire.
+        """
         actions = self.queue.tick(time.time(), time.monotonic())
         for a in actions:
             if isinstance(a, FireNow):
-                self._fire(a)
+                try:
+                    self._fire(a)
+                except Exception:
+                    self.log.exception("fire.failed", task=a.task.name, scheduled_at=_iso(a.scheduled))
         self.queue.settle()
+        errors: list[TaskError] = []
         for a in actions:
             if isinstance(a, Missed):
                 self.log.warning("missed", task=a.task, first=_iso(a.first), last=_iso(a.last), count=a.count,
                                  reason=a.reason, exact=a.exact)
             elif isinstance(a, ClockJump):
                 self.log.warning("clock.jump", direction=a.direction, seconds=round(a.seconds, 3), action=a.action)
+            elif isinstance(a, TaskError):
+                errors.append(a)
+        self._log_task_errors([*errors, *self.queue.take_errors()])
+
+    def _log_task_errors(self, errors: list[TaskError]) -> None:
+        for e in errors:
+            # The traceback on the first failure only: a task that stays broken is re-checked (and
+            # logged) up to once a minute.
+            trace = {"exc_info": e.error} if e.attempt == 1 else {}
+            self.log.error("task.tick_failed", task=e.task, second=_iso(e.second), retry_at=_iso(e.retry_at),
+                           attempt=e.attempt, error=f"{type(e.error).__name__}: {e.error}", **trace)
 
     # -- runs --------------------------------------------------------------------------------------
 
