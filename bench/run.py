@@ -11,6 +11,8 @@ Scenarios:
               D  10,000 loaded, none due: daemon CPU
   reload    a 1/s task while a 10,000-task file is reloaded 3 times (every task changed): fires
             per second (exactly one each), worst lateness, reload parse/apply times
+  hostile   a 1/s task while huge, heavy, alias-bomb and FIFO task files replace the real one: time to
+            reject each, fires per second, worst lateness, daemon RSS before and after
 Set BENCH_SECONDS to change the measuring window of each scenario (default 30).
 """
 
@@ -221,14 +223,73 @@ def bench_reload() -> None:
         worst = max(max(lat[s]) for s in window if s in lat)
     print(f"reload: {len(reloads)} reloads of 10,000 changed tasks while a 1/s task runs, {len(window)} s window")
     for r in reloads:
-        print(f"  generation {r['generation']}: parse {r['parse_ms']:.0f} ms (worker thread), "
+        print(f"  generation {r['generation']}: parse {r['parse_ms']:.0f} ms (child process), "
               f"apply {r['apply_ms']:.0f} ms (loop), {len(r['changed'])} changed")
     print(f"  fires per second: min {min(counts)} max {max(counts)} (want exactly 1); "
           f"seconds with 0: {counts.count(0)}, with >1: {sum(1 for c in counts if c > 1)}")
     print(f"  worst lateness of the 1/s task during the window: {worst:.1f} ms")
 
 
-SCENARIOS: dict[str, Callable[[], None]] = {"load": bench_load, "runs": bench_runs, "reload": bench_reload}
+def bench_hostile() -> None:
+    """A 1/s task while hostile files are put in the task file's place: none may delay or skip a fire."""
+    import json
+
+    def sparse(size: int) -> Callable[[Path], None]:
+        def make(p: Path) -> None:
+            with open(p, "wb") as f:
+                f.truncate(size)
+        return make
+
+    def heavy(p: Path) -> None:  # just under the 10 MiB cap, ~5 million YAML values
+        p.write_text("version: 1\ntasks: []\njunk: [" + "a," * 4_900_000 + "a]\n")
+
+    def bomb(p: Path) -> None:  # aliases of aliases: a few hundred bytes that expand to 10^9 values
+        levels = ["&a0 [x, x, x, x, x, x, x, x, x, x]"]
+        levels += [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+        p.write_text("version: 1\ntasks:\n  - name: bomb\n    schedule: '@daily'\n"
+                     f"    command: [{', '.join(levels)}]\n")
+
+    cases: list[tuple[str, Callable[[Path], None]]] = [
+        ("50 MB of NULs", sparse(50_000_000)), ("1 GiB of NULs", sparse(1 << 30)),
+        ("9.8 MB, 4.9M values", heavy), ("alias bomb", bomb), ("FIFO", lambda p: os.mkfifo(p, 0o644)),
+    ]
+    with tempfile.TemporaryDirectory(prefix="torch-bench-") as tmp:
+        d = Path(tmp)
+        rec = _compile_recorder(d)
+        record = d / "torch.rec"
+        with _torch(d, _torch_tasks(rec, record, ["* * * * * *"], 0)) as (p, cfg):
+            time.sleep(3)
+            first = int(time.time())
+            rss0 = p.memory_info().rss / 1e6
+            results = []
+            for label, make in cases:
+                log_before = (d / "torch.log").read_text().count('"reload.failed"')
+                tmpf = d / "etc" / ".incoming"
+                make(tmpf)
+                t0 = time.monotonic()
+                os.rename(tmpf, cfg)
+                while (d / "torch.log").read_text().count('"reload.failed"') == log_before:
+                    time.sleep(0.05)
+                results.append((label, time.monotonic() - t0))
+                time.sleep(1)
+            last = int(time.time()) - 2
+            rss1 = p.memory_info().rss / 1e6
+        events = [json.loads(x) for x in (d / "torch.log").read_text().splitlines() if x.startswith("{")]
+        failed = [e for e in events if e.get("event") == "reload.failed"]
+        lat = _lateness_ms(record)
+        window = range(first, last + 1)
+        counts = [len(lat.get(s, [])) for s in window]
+        worst = max(max(lat[s]) for s in window if s in lat)
+    print(f"hostile: {len(cases)} hostile task files while a 1/s task runs, {len(window)} s window")
+    for (label, took), ev in zip(results, failed, strict=False):
+        print(f"  {label:22s} rejected {took:5.2f} s after the rename (incl. 0.5 s debounce): {ev['errors'][0][:90]}")
+    print(f"  fires per second: min {min(counts)} max {max(counts)} (want exactly 1); "
+          f"seconds with 0: {counts.count(0)}, with >1: {sum(1 for c in counts if c > 1)}")
+    print(f"  worst lateness of the 1/s task: {worst:.1f} ms; daemon RSS {rss0:.0f} -> {rss1:.0f} MB")
+
+
+SCENARIOS: dict[str, Callable[[], None]] = {"load": bench_load, "runs": bench_runs, "reload": bench_reload,
+                                            "hostile": bench_hostile}
 
 
 def main() -> None:

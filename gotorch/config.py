@@ -40,6 +40,7 @@ TaskType = Literal["cron", "daemon"]
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SUPPORTED_VERSIONS = (1,)
+MAX_INSTANCES = 1000
 TOP_KEYS = ("version", "defaults", "tasks")
 # Fields a `defaults:` block may set: everything but a task's identity and what it runs.
 NOT_DEFAULTABLE = ("name", "command", "schedule", "type")
@@ -160,8 +161,8 @@ def _duration(minimum_exclusive: bool) -> Callable[[Any], float]:
     def check(v: Any) -> float:
         try:
             seconds = parse_duration(v)
-        except ValueError:
-            raise _Bad(f"{v!r} is not a duration", DURATION_HINT) from None
+        except ValueError as exc:
+            raise _Bad(str(exc), DURATION_HINT) from None
         if seconds < 0 or (minimum_exclusive and seconds == 0):
             bound = "greater than 0" if minimum_exclusive else "0 or more"
             raise _Bad(f"{v!r} must be {bound}", DURATION_HINT)
@@ -175,14 +176,17 @@ def _positive_int(v: Any) -> int:
         raise _Bad(f"expected a whole number, got {_type_name(v)} {v!r}", "write e.g. 1")
     if v < 1:
         raise _Bad(f"{v} must be 1 or more", "use 1 to allow a single instance")
+    if v > MAX_INSTANCES:
+        # A daemon task starts this many copies at once: a typo must not become a fork storm.
+        raise _Bad(f"{v} is more than {MAX_INSTANCES:,}", f"use at most {MAX_INSTANCES:,}")
     return v
 
 
 def _size(v: Any) -> int:
     try:
         n = parse_size(v)
-    except ValueError:
-        raise _Bad(f"{v!r} is not a size", SIZE_HINT) from None
+    except ValueError as exc:
+        raise _Bad(str(exc), SIZE_HINT) from None
     if n < 0:
         raise _Bad(f"{v!r} must be 0 or more", SIZE_HINT)
     return n

@@ -572,7 +572,10 @@ class Scheduler:
             now = math.floor(wall)
             for task, _ in tasks.values():
                 if task.schedule is not None and task.schedule.kind == "reboot":
-                    self._fire(FireNow(task, now))
+                    try:
+                        self._fire(FireNow(task, now))
+                    except Exception:  # one task's failure must not keep the others from starting
+                        self.log.exception("fire.failed", task=task.name, scheduled_at=_iso(now))
         return plan
 
     def _retire(self, name: str) -> None:

@@ -412,3 +412,13 @@ def test_alias_bomb_is_refused_quickly() -> None:
             + '\ntasks:\n  - {name: a, schedule: "@daily", command: *a8}\n')
     errs = errors(text)
     assert any("expands to more than" in e for e in errs), errs
+
+
+def test_max_instances_has_an_upper_bound() -> None:
+    # A 400-digit max_instances on a daemon task would try to start that many copies.
+    for value in ("1001", "9" * 400):
+        with pytest.raises(ConfigInvalid) as exc:
+            parse(f"version: 1\ntasks:\n  - {{name: a, type: daemon, command: x, max_instances: {value}}}\n")
+        assert "max_instances: " in str(exc.value) and "use at most 1,000" in str(exc.value)
+    (t,) = parse("version: 1\ntasks:\n  - {name: a, type: daemon, command: x, max_instances: 1000}\n")
+    assert t.max_instances == 1000
