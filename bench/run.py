@@ -13,6 +13,7 @@ Scenarios:
             per second (exactly one each), worst lateness, reload parse/apply times
   hostile   a 1/s task while huge, heavy, alias-bomb and FIFO task files replace the real one: time to
             reject each, fires per second, worst lateness, daemon RSS before and after
+  reload-memory  daemon RSS while two configs of 20,000 yearly tasks alternate 60 times
 Set BENCH_SECONDS to change the measuring window of each scenario (default 30).
 """
 
@@ -288,8 +289,44 @@ def bench_hostile() -> None:
     print(f"  worst lateness of the 1/s task: {worst:.1f} ms; daemon RSS {rss0:.0f} -> {rss1:.0f} MB")
 
 
-SCENARIOS: dict[str, Callable[[], None]] = {"load": bench_load, "runs": bench_runs, "reload": bench_reload,
-                                            "hostile": bench_hostile}
+def bench_reload_memory() -> None:
+    """Daemon RSS while two configs of 20,000 yearly tasks alternate (every task changes each time)."""
+    reloads = int(os.environ.get("BENCH_RELOADS", "60"))
+
+    def config(variant: int) -> str:
+        lines = ["version: 1", "defaults: {timezone: UTC}", "tasks:"]
+        for i in range(20_000):
+            sched = f"{i % 60} {i // 60 % 60} {i % 24} {1 + i % 28} {1 + i % 12} *"
+            lines.append(f'  - {{name: y{i}, schedule: "{sched}", command: [/bin/true, "{variant}"]}}')
+        return "\n".join(lines) + "\n"
+
+    texts = [config(0), config(1)]
+    with tempfile.TemporaryDirectory(prefix="torch-bench-") as tmp:
+        d = Path(tmp)
+        with _torch(d, texts[0]) as (p, cfg):
+            time.sleep(2)
+            rss = [p.memory_info().rss / 1e6]
+            log = d / "torch.log"
+            for i in range(1, reloads + 1):
+                before = log.read_bytes().count(b'"reload.applied"')
+                tmpf = d / "etc" / ".incoming"
+                tmpf.write_text(texts[i % 2])
+                old = time.time() - 5
+                os.utime(tmpf, (old, old))  # an old file: no settle wait, each reload applies at once
+                os.rename(tmpf, cfg)
+                p.send_signal(signal.SIGUSR2)
+                while log.read_bytes().count(b'"reload.applied"') == before:
+                    time.sleep(0.05)
+                if i % 10 == 0:
+                    rss.append(p.memory_info().rss / 1e6)
+    print(f"reload-memory: {reloads} reloads alternating two configs of 20,000 yearly tasks")
+    print("  daemon RSS every 10 reloads (MB): " + " ".join(f"{r:.0f}" for r in rss))
+
+
+SCENARIOS: dict[str, Callable[[], None]] = {
+    "load": bench_load, "runs": bench_runs, "reload": bench_reload, "hostile": bench_hostile,
+    "reload-memory": bench_reload_memory,
+}
 
 
 def main() -> None:

@@ -316,13 +316,14 @@ def start(config_opt: str | None, state_dir: str | None, host_ips: str | None, f
 
     path = resolve_config(config_opt, None).absolute()
     try:
-        config = load_for_daemon(path, local_timezone().key)
         host_addresses(host_ips)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--host-ips / TORCH_HOST_IPS") from None
+    try:
+        config = load_for_daemon(path, local_timezone().key)
     except ConfigInvalid as exc:
         _print_errors(exc.errors)
         sys.exit(1)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--host-ips / TORCH_HOST_IPS") from None
     paths = resolve_paths(state_dir)
     pidfile = Pidfile(paths.pidfile)
     try:

@@ -529,6 +529,12 @@ def parse_config(text: str, filename: str = "tasks.yaml", *, check_accounts: boo
             tasks = _parse_root(w, root, default_timezone or "UTC")
         except yaml.YAMLError as exc:  # a bad scalar surfaces while constructing values
             raise ConfigInvalid([*w.errors, _yaml_error(filename, exc, text)]) from None
+        except (TypeError, ValueError, RecursionError) as exc:
+            # Corners of YAML the walker does not model: a list as a mapping key (unhashable), a
+            # 1,000-deep chain of merge keys (PyYAML flattens recursively), a 5,000-digit integer.
+            raise ConfigInvalid([*w.errors, ConfigError(
+                filename, 0, 0, "yaml", f"cannot read the file as a task file ({type(exc).__name__}: {exc})",
+                "keep to plain mappings, lists and scalars; keys must be names")]) from None
         except _Fatal as fatal:
             mark = fatal.node.start_mark
             raise ConfigInvalid([*w.errors, ConfigError(filename, mark.line + 1, mark.column + 1, "yaml",
@@ -713,7 +719,8 @@ def load_config(path: str | Path, *, check_accounts: bool = True, default_timezo
 
 def read_task_file(path: str | Path, trust_euid: int | None = None) -> FileBytes:
     """The task file's bytes (see `load_config`), or ConfigInvalid saying why it cannot be used."""
-    p = os.path.abspath(path)
+    # Not os.path.abspath: it removes `..` as text, and `link/../x` means the link target's parent.
+    p = os.fspath(path) if os.path.isabs(path) else os.path.join(os.getcwd(), path)
     try:
         return read_file(p, os.geteuid() if trust_euid is None else trust_euid, check=trust_euid is not None)
     except Untrusted as exc:

@@ -160,6 +160,8 @@ def _load_here(path: Path, host_ips: str | None, euid: int) -> Loaded | LoadFail
     except OSError as exc:
         return failed(f"cannot read the task file: {exc.strerror or exc}",
                       "torch retries; check the path and the filesystem", transient=True)
+    except Exception as exc:  # a bug or an unmodelled corner of YAML: say what, do not retry blindly
+        return failed(f"internal error while loading: {exc!r}", "please report it", transient=False)
     return Loaded(config.digest, addresses, pickle.dumps((config, hints), protocol=pickle.HIGHEST_PROTOCOL))
 
 
@@ -219,6 +221,11 @@ async def load_in_child(path: Path, host_ips: str | None, *, timeout: float = CH
         os.close(rfd)
         _child_main(wfd, path, host_ips)
     os.close(wfd)
+    # A pidfd names this very process: signalling it can never reach a reused pid, even if
+    # Runner.reap collected the child before we get to the kill below.
+    pidfd: int | None = None
+    with contextlib.suppress(OSError, AttributeError):
+        pidfd = os.pidfd_open(pid)
     os.set_blocking(rfd, False)
     done: asyncio.Future[bytes] = loop.create_future()
     chunks: list[bytes] = []
@@ -253,11 +260,14 @@ async def load_in_child(path: Path, host_ips: str | None, *, timeout: float = CH
     finally:
         loop.remove_reader(rfd)
         os.close(rfd)
-        if not eof:
-            # No end of file yet: the child still runs (its pid cannot have been reused), so this
-            # kills exactly it. After EOF it is exiting and may already be reaped: never signal it.
+        if not eof:  # timed out or cancelled (the daemon stops): the child must not outlive it
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+                if pidfd is not None:
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                else:  # no pidfd (kernel < 5.3): no EOF means it has not exited, so the pid is its own
+                    os.kill(pid, signal.SIGKILL)
+        if pidfd is not None:
+            os.close(pidfd)
     try:
         result = pickle.loads(data) if data else None
     except Exception:

@@ -7,6 +7,7 @@ daemon has forked: handlers hold file descriptors that a fork would otherwise ha
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -119,6 +120,12 @@ class SafeFileHandler(logging.StreamHandler):  # type: ignore[type-arg]
             try:
                 new = self._open()
             except (OSError, Untrusted) as exc:
+                if self.refused != str(exc):
+                    # Said in the file still open: a handler cannot log through itself.
+                    with contextlib.suppress(OSError, ValueError):
+                        self.stream.write(json.dumps({"event": "log.reopen_refused", "level": "error",
+                                                      "path": str(self.path), "error": str(exc)}) + "\n")
+                        self.stream.flush()
                 self.refused = str(exc)
                 self._retry_at = time.monotonic() + self.RETRY_S
                 return

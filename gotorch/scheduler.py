@@ -144,7 +144,7 @@ class FireQueue:
 
         New and changed tasks get their first fire strictly after the current second and after
         the last second they fired, so a reload never fires anything twice. `hints` (see
-        `precompute`) saves recomputing next fires a worker thread already worked out. A task whose
+        `precompute`) saves recomputing next fires the reload's child process already worked out. A task whose
         first fire cannot be worked out is left for a re-check and reported by take_errors()/tick().
         """
         self.settle()

@@ -6,8 +6,9 @@ watcher thread and the control socket only post events to the loop; the loop doe
     SIGTERM/SIGINT -> stop      SIGUSR2 / file change -> reload      SIGHUP -> reopen the log
     SIGCHLD -> reap
 
-A reload parses the file in a worker thread, so a big file never stalls firing, then applies the
-result inside the loop. A file that fails to validate changes nothing: the old config keeps running.
+A reload reads and parses the file in a child process (gotorch.loader), so no file can stall
+firing or grow the daemon, then applies the result inside the loop, just after a second's fires.
+A file that fails to validate changes nothing: the old config keeps running.
 """
 
 from __future__ import annotations

@@ -127,7 +127,14 @@ class _Walk:
 
     def _root(self) -> None:
         fd = os.open("/", _DIR_FLAGS)
-        self.stack.append((fd, "/", os.fstat(fd)))
+        st = os.fstat(fd)
+        if self.check:
+            try:
+                check_dir(st, "/", self.euid, own_dir=False)  # a chroot's / may be anything
+            except BaseException:
+                os.close(fd)
+                raise
+        self.stack.append((fd, "/", st))
 
     @property
     def fd(self) -> int:
@@ -151,13 +158,13 @@ class _Walk:
         self.close()
         self._root()
 
-    def link(self, name: str, components: list[str]) -> None:
-        """Replace `name` (a symlink in the current directory) by its target's components."""
+    def link(self, name: str, components: list[str], st: os.stat_result) -> None:
+        """Replace `name` (a symlink in the current directory, lstat `st`) by its target's components."""
         self.hops += 1
         where = _join(self.path, name)
         if self.hops > MAX_SYMLINKS:
             raise Untrusted(where, "too many levels of symbolic links", "point torch at the real file")
-        target = os.readlink(name, dir_fd=self.fd)
+        target = read_link(self.fd, name, st, where, self.euid, self.check)
         if target.startswith("/"):
             self.restart_at_root()
         components[:0] = target.split("/")
@@ -191,6 +198,19 @@ class _Walk:
         if self.check:
             _, path, st = self.stack[-1]
             check_dir(st, path, self.euid, own_dir=True)
+
+
+def read_link(dir_fd: int, name: str, st: os.stat_result, where: str, euid: int, check: bool) -> str:
+    """The target of the symlink `name`, if a trusted user made it.
+
+    Anyone may create a name in a sticky directory such as /tmp: a link there is followed only if
+    it belongs to a trusted uid, the rule of the kernel's fs.protected_symlinks (which does not
+    apply here, since we resolve links ourselves).
+    """
+    if check and st.st_uid not in owners(euid):
+        raise Untrusted(where, f"is a symlink owned by uid {st.st_uid}, not {_who(euid)}",
+                        "remove it, or point torch at the real path")
+    return os.readlink(name, dir_fd=dir_fd)
 
 
 def _components(path: str) -> list[str]:
@@ -227,7 +247,7 @@ def _walk_to_parent(path: str, euid: int, check: bool, create_mode: int | None =
                 walk.enter(name, create_mode=create_mode)
                 continue
             if stat.S_ISLNK(st.st_mode):
-                walk.link(name, parts)
+                walk.link(name, parts, st)
                 continue
             if not stat.S_ISDIR(st.st_mode):
                 raise Untrusted(_join(walk.path, name), f"is {kind_of(st.st_mode)}, not a directory")
@@ -260,7 +280,7 @@ def read_file(path: str, euid: int, *, check: bool = True, limit: int = MAX_TASK
             hops += 1
             if hops > MAX_SYMLINKS:
                 raise Untrusted(path, "too many levels of symbolic links", "point torch at the real file")
-            target = os.readlink(name, dir_fd=walk.fd)
+            target = read_link(walk.fd, name, st, _join(walk.path, name), euid, check)
             target = target if target.startswith("/") else _join(walk.path, target)
             walk.close()
             walk, name = _walk_to_parent(target, euid, check)
@@ -317,24 +337,6 @@ def ensure_dir(path: str, euid: int, mode: int = 0o750) -> None:
     walk, _ = _walk_to_parent(path, euid, True, create_mode=mode, into=True)
     try:
         walk.check_own_dir()
-    finally:
-        walk.close()
-
-
-def check_path(path: str, euid: int) -> None:
-    """Raise Untrusted unless every directory to `path` and `path` itself (if it exists) pass the rules."""
-    walk, name = _walk_to_parent(path, euid, True)
-    try:
-        walk.check_own_dir()
-        try:
-            st = os.stat(name, dir_fd=walk.fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return
-        where = _join(walk.path, name)
-        if stat.S_ISDIR(st.st_mode):
-            check_dir(st, where, euid, own_dir=True)
-        elif stat.S_ISLNK(st.st_mode):
-            raise Untrusted(where, "is a symlink", "remove it; torch creates its own files")
     finally:
         walk.close()
 

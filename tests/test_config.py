@@ -422,3 +422,17 @@ def test_max_instances_has_an_upper_bound() -> None:
         assert "max_instances: " in str(exc.value) and "use at most 1,000" in str(exc.value)
     (t,) = parse("version: 1\ntasks:\n  - {name: a, type: daemon, command: x, max_instances: 1000}\n")
     assert t.max_instances == 1000
+
+
+@pytest.mark.parametrize("field", [
+    "env: {? [a, b] : c}",  # a list as a key: unhashable
+    "max_instances: " + "9" * 5000,  # beyond Python's int-from-string limit
+    "env: *m1199",  # a 1,200-deep chain of merge keys: PyYAML flattens it recursively
+])
+def test_yaml_corners_are_errors_not_crashes(field: str) -> None:
+    chain = "x-merges:\n  - &m0 {A: b}\n" + "".join(f"  - &m{i} {{<<: *m{i - 1}}}\n" for i in range(1, 1200))
+    head = f"version: 1\n{chain if 'm1199' in field else ''}"
+    text = f"{head}tasks:\n  - {{name: a, schedule: '@daily', command: x, {field}}}\n"
+    with pytest.raises(ConfigInvalid) as exc:
+        parse(text)
+    assert "Traceback" not in str(exc.value)

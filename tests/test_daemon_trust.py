@@ -128,6 +128,7 @@ def test_log_reopen_never_writes_through_a_planted_symlink(torch_daemon: Torch) 
     assert secret.read_text() == "root only\n"
     rotated = (torch_daemon.state / "torch.log.1").read_text()
     assert rotated.count('"run.end"') >= 3  # events kept going to the file already open
+    assert rotated.count('"log.reopen_refused"') == 1  # said once, not at every event
     log.unlink()
     wait_until(lambda: log.exists() and '"run.end"' in log.read_text(), 10, what="a fresh torch.log")
     assert log.stat().st_mode & 0o777 == 0o640 and not log.is_symlink()
