@@ -694,12 +694,13 @@ def compacted(load: Callable[[], Config], *, collect: bool = True) -> Config:
     forget_parsed()  # the parse caches hold Schedule objects from the scattered arenas too
     if collect:
         gc.collect()
-    _malloc_trim()
+    release_free_memory()
     config: Config = pickle.loads(blob)
     return config
 
 
-def _malloc_trim() -> None:
+def release_free_memory() -> None:
+    """Hand memory the allocator holds but no object uses back to the system (glibc malloc_trim)."""
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim, nothing lost
         ctypes.CDLL(None).malloc_trim(0)
 
