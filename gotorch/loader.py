@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import gc
 import grp
 import os
 import pickle
@@ -26,11 +28,11 @@ import resource
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gotorch.config import Config, ConfigError, ConfigInvalid, compacted, parse_bytes, read_task_file
+from gotorch.config import Config, ConfigError, ConfigInvalid, Task, compacted, parse_bytes, read_task_file
 from gotorch.hosts import IPAddress, host_addresses, local_timezone
 from gotorch.scheduler import FireHints, precompute
 from gotorch.trustedfs import FileBytes, Untrusted, read_file
@@ -114,18 +116,40 @@ def _same(a: os.stat_result, b: os.stat_result) -> bool:
 # --- the child ------------------------------------------------------------------------------------
 
 
+# Tasks per pickled slice: unpickling 2,000 tasks takes ~20 ms, so the daemon can take a big config
+# in between its fires (100,000 tasks are one pickle of 1.3 s otherwise).
+SLICE = 2000
+
+
 @dataclass(frozen=True)
 class Loaded:
     """A valid config from the child: its digest and this host's addresses, and the pickled rest."""
 
     digest: str
+    path: str
     addresses: list[IPAddress]
-    blob: bytes  # pickle of (Config, FireHints): unpickled by the daemon only if the config changed
+    hints: bytes  # pickle of FireHints
+    slices: list[bytes]  # pickles of the tasks, SLICE at a time, in file order
 
-    def unpack(self) -> tuple[Config, FireHints]:
-        """The config and its next fires (unpickling 10,000 tasks takes tens of ms: do it after a tick)."""
-        config, hints = pickle.loads(self.blob)
-        return config, hints
+    async def unpack(self, quiet: Callable[[], Awaitable[None]]) -> tuple[Config, FireHints]:
+        """The config and its next fires, unpickled a slice at a time, awaiting `quiet()` before each."""
+        tasks: list[Task] = []
+        for blob in self.slices:
+            await quiet()
+            tasks.extend(pickle.loads(blob))
+            # Long-lived from now on: out of the collector's sight, or a full collection that a
+            # tick's allocations happen to trigger would scan them all (20-50 ms for 10,000 tasks).
+            gc.freeze()
+        await quiet()
+        hints: FireHints = pickle.loads(self.hints)
+        return Config(self.path, tuple(tasks), self.digest), hints
+
+
+def _pack(config: Config, addresses: list[IPAddress], hints: FireHints) -> Loaded:
+    dump = functools.partial(pickle.dumps, protocol=pickle.HIGHEST_PROTOCOL)
+    tasks = config.tasks
+    return Loaded(config.digest, config.path, addresses, dump(hints),
+                  [dump(tasks[i:i + SLICE]) for i in range(0, len(tasks), SLICE)])
 
 
 @dataclass(frozen=True)
@@ -162,7 +186,7 @@ def _load_here(path: Path, host_ips: str | None, euid: int) -> Loaded | LoadFail
                       "torch retries; check the path and the filesystem", transient=True)
     except Exception as exc:  # a bug or an unmodelled corner of YAML: say what, do not retry blindly
         return failed(f"internal error while loading: {exc!r}", "please report it", transient=False)
-    return Loaded(config.digest, addresses, pickle.dumps((config, hints), protocol=pickle.HIGHEST_PROTOCOL))
+    return _pack(config, addresses, hints)
 
 
 def _child_main(write_fd: int, path: Path, host_ips: str | None) -> None:

@@ -30,13 +30,14 @@ copies, current config), wakes on every second boundary, and turns decisions int
 from __future__ import annotations
 
 import asyncio
+import gc
 import heapq
 import itertools
 import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -144,16 +145,25 @@ class FireQueue:
 
         New and changed tasks get their first fire strictly after the current second and after
         the last second they fired, so a reload never fires anything twice. `hints` (see
-        `precompute`) saves recomputing next fires the reload's child process already worked out. A task whose
-        first fire cannot be worked out is left for a re-check and reported by take_errors()/tick().
+        `precompute`) saves recomputing next fires the reload's child process already worked out.
+        A task whose first fire cannot be worked out is left for a re-check and reported by
+        take_errors()/tick().
+        """
+        tasks = list(tasks)
+        self.update(set(self._tasks) | {t.name for t in tasks}, tasks, wall, hints)
+
+    def update(self, names: Iterable[str], tasks: Iterable[Task], wall: float, hints: FireHints | None = None) -> None:
+        """`set_tasks` for part of the queue: schedule `tasks`, drop every other task named in `names`.
+
+        A big reload is applied a slice of names at a time, so that no slice holds the loop long.
         """
         self.settle()
         # The last second the queue processed, not the wall clock: a reload applied just after a
         # boundary, before that second's tick, must not skip a changed task's fire in that second.
         now = math.floor(min(wall, self._last_wall)) if self._last_wall is not None else math.floor(wall)
         wanted = {t.name: t for t in tasks if t.schedule is not None and t.schedule.kind != "reboot"}
-        for name in list(self._tasks):
-            if name not in wanted:
+        for name in names:
+            if name not in wanted and name in self._tasks:
                 self._drop(name)
         for name, task in wanted.items():
             if self._tasks.get(name) == task:
@@ -481,6 +491,9 @@ def jitter_delay(task: Task, rng: random.Random) -> float:
 # Wake this much before a boundary and finish with a precise sleep: asyncio's timers round to the
 # millisecond and may fire late by that much, which would be most of our lateness budget.
 EARLY_WAKE = 0.002
+# A reload is applied in slices of this many names, each only before this fraction of a second.
+APPLY_SLICE = 2000
+QUIET_UNTIL = 0.8
 
 
 @dataclass
@@ -539,37 +552,10 @@ class Scheduler:
         their old definition, but runs already going finish. Removed and changed daemon tasks are
         stopped (TERM, then KILL); changed ones start again with the new definition.
         """
-        old = {n: s.task for n, s in self.states.items()}
-        new = {n: t for n, (t, _) in tasks.items()}
-        plan = diff(old, new)
-        wall = time.time()
-        for name in plan.removed:
-            self._retire(name)
-        for name in plan.changed:
-            if old[name].type == "daemon":
-                self._retire(name)
-            else:
-                self._cancel_delayed(name, "reload")
-        unchanged, changed = set(plan.unchanged), set(plan.changed)  # tuples: membership would be O(n)
-        for name, (task, ip) in tasks.items():
-            st = self.states.get(name)
-            if st is not None and name in unchanged:
-                st.task, st.matched_ip = task, ip
-                continue
-            fresh = TaskState(task, ip)
-            if st is not None and name in changed:  # a changed cron task: its run history carries over
-                fresh.last_status, fresh.last_end, fresh.last_scheduled = st.last_status, st.last_end, st.last_scheduled
-            self.states[name] = fresh
-        self.queue.set_tasks((t for t, _ in tasks.values() if t.type == "cron"), wall, hints)
-        self._log_task_errors(self.queue.take_errors())
-        for name in (*plan.added, *plan.changed):
-            task = tasks[name][0]
-            if task.type == "daemon":
-                self.states[name].backoff = Backoff()
-                for _ in range(task.max_instances - self.runner.running_count(name)):
-                    self._start(task, None)
+        plan = diff({n: s.task for n, s in self.states.items()}, {n: t for n, (t, _) in tasks.items()})
+        self._apply_part(plan, tasks, hints)
         if at_start:
-            now = math.floor(wall)
+            now = math.floor(time.time())
             for task, _ in tasks.values():
                 if task.schedule is not None and task.schedule.kind == "reboot":
                     try:
@@ -577,6 +563,71 @@ class Scheduler:
                     except Exception:  # one task's failure must not keep the others from starting
                         self.log.exception("fire.failed", task=task.name, scheduled_at=_iso(now))
         return plan
+
+    async def apply_gradually(self, tasks: dict[str, tuple[Task, str | None]], hints: FireHints | None = None,
+                              *, slice_size: int = APPLY_SLICE) -> Plan:
+        """`apply` for a reload, a slice of names at a time, never holding the loop near a boundary.
+
+        Each slice (diff and apply of `slice_size` names, ~20 ms for 2,000) runs only early in a
+        second; later, it waits for the next second's fires to go out first. A 10,000-task reload
+        thus still lands between two boundaries; a 100,000-task one spreads over a few seconds,
+        each task switching to its new definition at once.
+        """
+        old = {n: s.task for n, s in self.states.items()}
+        names = [*tasks, *(n for n in old if n not in tasks)]
+        parts: list[Plan] = []
+        for i in range(0, len(names), slice_size):
+            await self.quiet_moment()
+            if self.stopping:
+                break
+            chunk = names[i:i + slice_size]
+            part = diff({n: old[n] for n in chunk if n in old},
+                        {n: tasks[n][0] for n in chunk if n in tasks})
+            self._apply_part(part, tasks, hints)
+            gc.freeze()  # the new states and queue entries live on: keep collections from rescanning them
+            parts.append(part)
+        return Plan(*(tuple(sorted(n for p in parts for n in getattr(p, f))) for f in
+                      ("added", "removed", "changed", "unchanged")))
+
+    async def quiet_moment(self) -> None:
+        """Return when a slice of work on the loop cannot delay a fire: early in a second."""
+        if time.time() % 1.0 > QUIET_UNTIL:
+            await self.after_next_tick()
+        else:
+            await asyncio.sleep(0)  # let whatever else is due (reaping, output) run first
+
+    def _apply_part(self, plan: Plan, tasks: Mapping[str, tuple[Task, str | None]],
+                    hints: FireHints | None) -> None:
+        """Carry out `plan` (all of a reload, or a slice of its names); `tasks` holds the new tasks."""
+        wall = time.time()
+        for name in plan.removed:
+            self._retire(name)
+        for name in plan.changed:
+            if self.states[name].task.type == "daemon":
+                self._retire(name)
+            else:
+                self._cancel_delayed(name, "reload")
+        changed = set(plan.changed)
+        for name in (*plan.unchanged, *plan.changed, *plan.added):
+            task, ip = tasks[name]
+            st = self.states.get(name)
+            if st is not None and name not in changed:
+                st.task, st.matched_ip = task, ip
+                continue
+            fresh = TaskState(task, ip)
+            if st is not None:  # a changed cron task: its run history carries over
+                fresh.last_status, fresh.last_end, fresh.last_scheduled = st.last_status, st.last_end, st.last_scheduled
+            self.states[name] = fresh
+        covered = (*plan.removed, *plan.changed, *plan.added, *plan.unchanged)
+        self.queue.update(covered, (tasks[n][0] for n in covered if n in tasks and tasks[n][0].type == "cron"),
+                          wall, hints)
+        self._log_task_errors(self.queue.take_errors())
+        for name in (*plan.added, *plan.changed):
+            task = tasks[name][0]
+            if task.type == "daemon":
+                self.states[name].backoff = Backoff()
+                for _ in range(task.max_instances - self.runner.running_count(name)):
+                    self._start(task, None)
 
     def _retire(self, name: str) -> None:
         st = self.states.get(name)

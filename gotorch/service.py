@@ -33,7 +33,7 @@ from gotorch.daemon import Paths
 from gotorch.hosts import IPAddress, host_addresses, match
 from gotorch.loader import LoadFailed, load_in_child
 from gotorch.runner import clear_caches, set_child_subreaper
-from gotorch.scheduler import Scheduler
+from gotorch.scheduler import APPLY_SLICE, Scheduler
 from gotorch.watcher import FileWatcher
 
 # Retry a reload that failed for a transient reason (file briefly missing, I/O error, no memory for the
@@ -263,31 +263,35 @@ class Service:
                 self.log.info("reload.unchanged", trigger=trigger, generation=self.generation.number)
                 return
             parsed = time.monotonic()
-            # Apply just after a second's fires went out, so even a slow apply delays none of them.
-            await self.scheduler.after_next_tick()
-            if self.scheduler.stopping:
-                return
+            # Unpickle, match and apply a slice at a time, each early in a second: even 100,000
+            # tasks never hold the loop across a boundary (as one piece they took 3.5 s).
+            sched = self.scheduler
+            config, hints = await outcome.unpack(sched.quiet_moment)
             applying = time.monotonic()
-            config, hints = outcome.unpack()
             if outcome.addresses != self.addresses:
                 self.log.info("host.addresses_changed", before=[str(a) for a in self.addresses],
                               after=[str(a) for a in outcome.addresses])
                 self.addresses = outcome.addresses
-            here, _ = applicable(config, self.addresses)
+            here: dict[str, tuple[Task, str | None]] = {}
+            for i in range(0, len(config.tasks), APPLY_SLICE):
+                await sched.quiet_moment()
+                here.update(applicable(Config(config.path, config.tasks[i:i + APPLY_SLICE], ""), self.addresses)[0])
+            if sched.stopping:
+                return
             clear_caches()  # accounts named by tasks may have been created or changed since
             try:
-                plan = self.scheduler.apply(here, hints=hints)
+                plan = await sched.apply_gradually(here, hints)
             except Exception as exc:  # a bug, not a bad file: say so loudly, keep the daemon up
                 self.last_reload = ReloadResult(False, time.time(), trigger, [{"message": f"internal error: {exc!r}"}])
                 self.log.exception("reload.failed", trigger=trigger, generation=self.generation.number)
                 return
+            if sched.stopping:
+                return
             self.config = config
             del outcome, hints, here
-            # The old config is garbage now; frozen objects are never collected, so unfreeze first
-            # (a full collection of 20,000 tasks takes tens of ms: fine just after a tick), then
-            # give the freed arenas back to the system and freeze what lives on.
-            gc.unfreeze()
-            gc.collect()
+            # Freeze what lives on, so later collections do not rescan the config. The old config
+            # was freed by reference counting (it holds no cycles); hand its memory back.
+            await sched.quiet_moment()
             release_free_memory()
             gc.freeze()
             self.generation = Generation(self.generation.number + 1, config.digest, time.time(),
