@@ -9,8 +9,8 @@ Scenarios:
               B  10,000 tasks loaded, 10 due/s: p99 lateness, daemon CPU, steady RSS
               C  200 due on one second: last start
               D  10,000 loaded, none due: daemon CPU
-  reload    a 1/s task while a 10,000-task file is reloaded 3 times (every task changed): fires
-            per second (exactly one each), worst lateness, reload parse/apply times
+  reload    a 1/s task while a 10,000-task file (BENCH_TASKS) is reloaded 3 times (every task
+            changed): fires per second (exactly one each), worst lateness, reload parse/apply times
   hostile   a 1/s task while huge, heavy, alias-bomb and FIFO task files replace the real one: time to
             reject each, fires per second, worst lateness, daemon RSS before and after
   reload-memory  daemon RSS while two configs of 20,000 yearly tasks alternate 60 times
@@ -197,15 +197,20 @@ def bench_runs() -> None:
 
 
 def bench_reload() -> None:
-    """A 1/s task keeps firing once per second while a 10,000-task file is reloaded."""
+    """A 1/s task keeps firing once per second while a 10,000-task file (BENCH_TASKS) is reloaded."""
     import json
+
+    n_tasks = int(os.environ.get("BENCH_TASKS", "10000"))
 
     with tempfile.TemporaryDirectory(prefix="torch-bench-") as tmp:
         d = Path(tmp)
         rec = _compile_recorder(d)
         record = d / "torch.rec"
-        with _torch(d, _torch_tasks(rec, record, ["* * * * * *"], 10_000)) as (_, cfg):
-            time.sleep(3)
+        with _torch(d, _torch_tasks(rec, record, ["* * * * * *"], n_tasks)) as (_, cfg):
+            log = d / "torch.log"
+            while b'"run.start"' not in log.read_bytes():  # start-up applied: the 1/s task has fired
+                time.sleep(0.1)
+            time.sleep(2)
             first = int(time.time())
             for i in range(3):
                 # Change every idle task (new command): the diff touches all 10,000.
@@ -214,7 +219,10 @@ def bench_reload() -> None:
                 tmpf = d / "etc" / ".tasks.yaml.new"
                 tmpf.write_text(text)
                 os.rename(tmpf, cfg)  # the watcher picks it up: rename-over, as git does
-                time.sleep(6)
+                deadline = time.monotonic() + 300
+                while log.read_bytes().count(b'"reload.applied"') <= i and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                time.sleep(2)
             last = int(time.time()) - 2
         events = [json.loads(x) for x in (d / "torch.log").read_text().splitlines() if x.startswith("{")]
         reloads = [e for e in events if e.get("event") == "reload.applied"]
@@ -222,7 +230,8 @@ def bench_reload() -> None:
         window = range(first, last + 1)
         counts = [len(lat.get(s, [])) for s in window]
         worst = max(max(lat[s]) for s in window if s in lat)
-    print(f"reload: {len(reloads)} reloads of 10,000 changed tasks while a 1/s task runs, {len(window)} s window")
+    print(f"reload: {len(reloads)} reloads of {n_tasks:,} changed tasks while a 1/s task runs, "
+          f"{len(window)} s window")
     for r in reloads:
         print(f"  generation {r['generation']}: parse {r['parse_ms']:.0f} ms (child process), "
               f"apply {r['apply_ms']:.0f} ms (loop), {len(r['changed'])} changed")

@@ -591,10 +591,13 @@ class Scheduler:
 
     async def quiet_moment(self) -> None:
         """Return when a slice of work on the loop cannot delay a fire: early in a second."""
-        if time.time() % 1.0 > QUIET_UNTIL:
-            await self.after_next_tick()
-        else:
+        frac = time.time() % 1.0
+        if frac <= QUIET_UNTIL:
             await asyncio.sleep(0)  # let whatever else is due (reaping, output) run first
+        elif self._timer is not None and not self.stopping:
+            await self.after_next_tick()
+        else:  # not ticking (not armed yet, or stopping): just let the boundary pass
+            await asyncio.sleep(1.0 - frac + 0.01)
 
     def _apply_part(self, plan: Plan, tasks: Mapping[str, tuple[Task, str | None]],
                     hints: FireHints | None) -> None:
