@@ -20,6 +20,7 @@ Set BENCH_SECONDS to change the measuring window of each scenario (default 30).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import statistics
@@ -29,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -196,10 +198,17 @@ def bench_runs() -> None:
         _row("daemon RSS", rss, None, "-", "MB")
 
 
+def _window(d: Path, record: Path, first: int, last: int) -> tuple[list[dict[str, Any]], range, list[int], float]:
+    """The daemon's events, and for the seconds first..last: fires per second and the worst lateness (ms)."""
+    events = [json.loads(x) for x in (d / "torch.log").read_text().splitlines() if x.startswith("{")]
+    lat = _lateness_ms(record)
+    window = range(first, last + 1)
+    counts = [len(lat.get(s, [])) for s in window]
+    return events, window, counts, max(max(lat[s]) for s in window if s in lat)
+
+
 def bench_reload() -> None:
     """A 1/s task keeps firing once per second while a 10,000-task file (BENCH_TASKS) is reloaded."""
-    import json
-
     n_tasks = int(os.environ.get("BENCH_TASKS", "10000"))
 
     with tempfile.TemporaryDirectory(prefix="torch-bench-") as tmp:
@@ -224,12 +233,8 @@ def bench_reload() -> None:
                     time.sleep(0.1)
                 time.sleep(2)
             last = int(time.time()) - 2
-        events = [json.loads(x) for x in (d / "torch.log").read_text().splitlines() if x.startswith("{")]
+        events, window, counts, worst = _window(d, record, first, last)
         reloads = [e for e in events if e.get("event") == "reload.applied"]
-        lat = _lateness_ms(record)
-        window = range(first, last + 1)
-        counts = [len(lat.get(s, [])) for s in window]
-        worst = max(max(lat[s]) for s in window if s in lat)
     print(f"reload: {len(reloads)} reloads of {n_tasks:,} changed tasks while a 1/s task runs, "
           f"{len(window)} s window")
     for r in reloads:
@@ -242,8 +247,6 @@ def bench_reload() -> None:
 
 def bench_hostile() -> None:
     """A 1/s task while hostile files are put in the task file's place: none may delay or skip a fire."""
-    import json
-
     def sparse(size: int) -> Callable[[Path], None]:
         def make(p: Path) -> None:
             with open(p, "wb") as f:
@@ -284,12 +287,8 @@ def bench_hostile() -> None:
                 time.sleep(1)
             last = int(time.time()) - 2
             rss1 = p.memory_info().rss / 1e6
-        events = [json.loads(x) for x in (d / "torch.log").read_text().splitlines() if x.startswith("{")]
+        events, window, counts, worst = _window(d, record, first, last)
         failed = [e for e in events if e.get("event") == "reload.failed"]
-        lat = _lateness_ms(record)
-        window = range(first, last + 1)
-        counts = [len(lat.get(s, [])) for s in window]
-        worst = max(max(lat[s]) for s in window if s in lat)
     print(f"hostile: {len(cases)} hostile task files while a 1/s task runs, {len(window)} s window")
     for (label, took), ev in zip(results, failed, strict=False):
         print(f"  {label:22s} rejected {took:5.2f} s after the rename (incl. 0.5 s debounce): {ev['errors'][0][:90]}")
