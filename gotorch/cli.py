@@ -492,7 +492,8 @@ def reload(config_opt: str | None, state_dir: str | None, timeout: float) -> Non
     if not last.get("ok"):
         for e in last.get("errors", []):
             click.echo(e.get("message", str(e)), err=True)
-        click.echo(f"reload failed; still running generation {now['generation']}", err=True)
+        retry = f"; torch retries at {now['reload_retry_at']}" if now.get("reload_retry_at") else ""
+        click.echo(f"reload failed; still running generation {now['generation']}{retry}", err=True)
         sys.exit(1)
     change = now["last_change"]
     parts = [f"+{n}" for n in change["added"]] + [f"-{n}" for n in change["removed"]] + \

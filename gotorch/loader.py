@@ -288,8 +288,8 @@ async def load_in_child(path: Path, host_ips: str | None, *, timeout: float = CH
             with contextlib.suppress(ProcessLookupError):
                 if pidfd is not None:
                     signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-                else:  # no pidfd (kernel < 5.3): no EOF means it has not exited, so the pid is its own
-                    os.kill(pid, signal.SIGKILL)
+                else:  # no pidfd (kernel < 5.3): the child may in theory have been reaped and its pid
+                    os.kill(pid, signal.SIGKILL)  # reused within microseconds; accepted on such kernels
         if pidfd is not None:
             os.close(pidfd)
     try:

@@ -32,6 +32,7 @@ from gotorch.config import Config, ConfigError, Task, release_free_memory
 from gotorch.daemon import Paths
 from gotorch.hosts import IPAddress, host_addresses, match
 from gotorch.loader import LoadFailed, load_in_child
+from gotorch.plan import Plan
 from gotorch.runner import clear_caches, set_child_subreaper
 from gotorch.scheduler import APPLY_SLICE, Scheduler
 from gotorch.watcher import FileWatcher
@@ -91,7 +92,6 @@ class Service:
         self.watch = watch
         self.addresses = addresses
         self.host_ips = host_ips  # the --host-ips override, if any; else interfaces are re-read on reload
-        self.next_addresses = addresses
         self.stop_timeout = stop_timeout
         self.on_ready = on_ready
         self.notify = notify or (lambda _msg: None)
@@ -104,6 +104,8 @@ class Service:
         self._reload_task: asyncio.Task[None] | None = None
         self._retry_handle: asyncio.TimerHandle | None = None
         self._retry_delay = 0.0
+        self._half_applied = False
+        self._retry_at = 0.0
         self.loop: asyncio.AbstractEventLoop | None = None
         self.scheduler: Scheduler | None = None
         self.watcher: FileWatcher | None = None
@@ -257,28 +259,29 @@ class Service:
             self._retry_delay = 0.0
             if self.scheduler.stopping:
                 return
-            if outcome.digest == self.config.digest and outcome.addresses == self.addresses:
+            if outcome.digest == self.config.digest and outcome.addresses == self.addresses and not self._half_applied:
                 # Same bytes (a touch, a chmod, an editor saving twice): not a new generation.
                 self.last_reload = ReloadResult(True, time.time(), trigger)
                 self.log.info("reload.unchanged", trigger=trigger, generation=self.generation.number)
                 return
             parsed = time.monotonic()
-            # Unpickle, match and apply a slice at a time, each early in a second: even 100,000
-            # tasks never hold the loop across a boundary (as one piece they took 3.5 s).
+            # Unpickle and match a slice at a time, each early in a second, then apply (at once up to
+            # 10,000 tasks, else in slices): even 100,000 tasks never hold the loop across a boundary
+            # (as one piece they took 3.5 s).
             sched = self.scheduler
             config, hints = await outcome.unpack(sched.quiet_moment)
             applying = time.monotonic()
-            if outcome.addresses != self.addresses:
-                self.log.info("host.addresses_changed", before=[str(a) for a in self.addresses],
-                              after=[str(a) for a in outcome.addresses])
-                self.addresses = outcome.addresses
             here: dict[str, tuple[Task, str | None]] = {}
             for i in range(0, len(config.tasks), APPLY_SLICE):
                 await sched.quiet_moment()
-                here.update(applicable(Config(config.path, config.tasks[i:i + APPLY_SLICE], ""), self.addresses)[0])
+                part = Config(config.path, config.tasks[i:i + APPLY_SLICE], "")
+                here.update(applicable(part, outcome.addresses)[0])
             if sched.stopping:
                 return
             clear_caches()  # accounts named by tasks may have been created or changed since
+            # Until the apply completes, states and queue may be part old, part new: then even the
+            # old file's bytes must be applied again, not taken as "unchanged".
+            self._half_applied = True
             try:
                 plan = await sched.apply_gradually(here, hints)
             except Exception as exc:  # a bug, not a bad file: say so loudly, keep the daemon up
@@ -287,19 +290,24 @@ class Service:
                 return
             if sched.stopping:
                 return
+            self._half_applied = False
+            if outcome.addresses != self.addresses:
+                self.log.info("host.addresses_changed", before=[str(a) for a in self.addresses],
+                              after=[str(a) for a in outcome.addresses])
+                self.addresses = outcome.addresses
             self.config = config
             del outcome, hints, here
             # Freeze what lives on, so later collections do not rescan the config. The old config
-            # was freed by reference counting (it holds no cycles); hand its memory back.
-            await sched.quiet_moment()
+            # was freed by reference counting (it holds no cycles); a young collection first, so
+            # that no cyclic garbage of the moment (an exception's traceback) is frozen for good.
+            gc.collect(1)
             release_free_memory()
             gc.freeze()
             self.generation = Generation(self.generation.number + 1, config.digest, time.time(),
                                          plan.added, plan.removed, plan.changed)
             self.last_reload = ReloadResult(True, time.time(), trigger)
             self.log.info("reload.applied", trigger=trigger, generation=self.generation.number,
-                          hash=config.short_hash, added=list(plan.added), removed=list(plan.removed),
-                          changed=list(plan.changed), tasks_here=len(self.scheduler.states),
+                          hash=config.short_hash, **_names(plan), tasks_here=len(self.scheduler.states),
                           parse_ms=round((parsed - t0) * 1000, 1),
                           apply_ms=round((time.monotonic() - applying) * 1000, 1))
         except Exception as exc:  # never let a reload bug take the daemon down
@@ -324,6 +332,7 @@ class Service:
             retry_in = self._retry_delay
             assert self.loop is not None
             self._retry_handle = self.loop.call_later(retry_in, self.request_reload, "retry")
+            self._retry_at = time.time() + retry_in
         else:
             self._retry_delay = 0.0
         self.log.error("reload.failed", trigger=trigger, generation=self.generation.number,
@@ -365,11 +374,26 @@ class Service:
             "last_change": {"added": list(g.added), "removed": list(g.removed), "changed": list(g.changed)},
             "reloads": self.reloads,
             "reload_pending": self._reloading or self._reload_again,
+            "reload_retry_at": _iso(self._retry_at) if self._retry_handle is not None else None,
             "last_reload": None if self.last_reload is None else {
                 "ok": self.last_reload.ok, "at": _iso(self.last_reload.at), "trigger": self.last_reload.trigger,
                 "errors": self.last_reload.errors},
             "tasks": tasks,
         }
+
+
+LOGGED_NAMES = 1000
+
+
+def _names(plan: Plan) -> dict[str, Any]:
+    """added/removed/changed for the reload.applied event: up to LOGGED_NAMES each, and their counts."""
+    out: dict[str, Any] = {}
+    for key in ("added", "removed", "changed"):
+        names: tuple[str, ...] = getattr(plan, key)
+        out[key] = list(names[:LOGGED_NAMES])
+        if len(names) > LOGGED_NAMES:
+            out[f"{key}_count"] = len(names)
+    return out
 
 
 def _iso(ts: float | None) -> str | None:
