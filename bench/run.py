@@ -239,7 +239,7 @@ def bench_reload() -> None:
           f"{len(window)} s window")
     for r in reloads:
         print(f"  generation {r['generation']}: parse {r['parse_ms']:.0f} ms (child process), "
-              f"apply {r['apply_ms']:.0f} ms (loop), {len(r['changed'])} changed")
+              f"apply {r['apply_ms']:.0f} ms (loop), {r.get('changed_count', len(r['changed']))} changed")
     print(f"  fires per second: min {min(counts)} max {max(counts)} (want exactly 1); "
           f"seconds with 0: {counts.count(0)}, with >1: {sum(1 for c in counts if c > 1)}")
     print(f"  worst lateness of the 1/s task during the window: {worst:.1f} ms")

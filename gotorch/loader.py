@@ -201,6 +201,8 @@ def _child_main(write_fd: int, path: Path, host_ips: str | None) -> None:
         # a daemon killed while this child still runs.
         os.closerange(3, write_fd)
         os.closerange(write_fd + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        with contextlib.suppress(OSError):
+            os.nice(10)  # a parse must not compete with the daemon and the runs for the CPU
         with contextlib.suppress(ValueError, OSError):
             vm = _vm_size()
             resource.setrlimit(resource.RLIMIT_AS, (vm + CHILD_EXTRA_MEMORY, resource.RLIM_INFINITY))
