@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gotorch.config import Config, ConfigError, ConfigInvalid, Task, compacted, parse_bytes, read_task_file
+from gotorch.firequeue import FireHints, precompute
 from gotorch.hosts import IPAddress, host_addresses, local_timezone
-from gotorch.scheduler import FireHints, precompute
 from gotorch.trustedfs import FileBytes, Untrusted, read_file
 
 # A file modified less than this long ago may still be being written: wait until it has not changed

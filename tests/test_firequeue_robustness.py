@@ -15,10 +15,9 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-import gotorch.scheduler as scheduler_mod
+import gotorch.firequeue as firequeue_mod
 from gotorch.config import Task
-from gotorch.schedule import Schedule, parse_schedule
-from gotorch.scheduler import (
+from gotorch.firequeue import (
     BACKWARD_LIMIT,
     COMPACT_SLACK,
     RETRY_MAX,
@@ -28,9 +27,10 @@ from gotorch.scheduler import (
     FireNow,
     FireQueue,
     Missed,
-    Scheduler,
     TaskError,
 )
+from gotorch.schedule import Schedule, parse_schedule
+from gotorch.scheduler import Scheduler
 from tests.test_scheduler_core import T0, Clock
 
 YEARLY = parse_schedule("@yearly")
@@ -194,7 +194,7 @@ class Flaky:
 
     def __init__(self, schedule: Schedule, failures: int | None) -> None:
         self.schedule, self.failures, self.calls = schedule, failures, 0
-        self.real = scheduler_mod.next_fire_ts
+        self.real = firequeue_mod.next_fire_ts
 
     def __call__(self, schedule: Schedule, tz: Any, after: int) -> int | None:
         if schedule is self.schedule and (self.failures is None or self.failures > 0):
@@ -214,7 +214,7 @@ def test_task_whose_schedule_raises_transiently_fires_again_after_the_retry(monk
     c.advance(2)
     assert fires_by_task(q.tick(c.wall, c.mono)) == {"flaky": [2], "healthy": [2]}
     flaky = Flaky(every2, failures=2)
-    monkeypatch.setattr(scheduler_mod, "next_fire_ts", flaky)
+    monkeypatch.setattr(firequeue_mod, "next_fire_ts", flaky)
     q.settle()  # working out flaky's fire after 2 fails: it is re-checked at 3, fails again, then at 5
     assert [(e.task, e.second - T0, e.retry_at - T0, e.attempt) for e in q.take_errors()] == [("flaky", 2, 3, 1)]
     seen: dict[str, list[int]] = {}
@@ -237,7 +237,7 @@ def test_permanently_broken_task_is_rechecked_with_backoff_and_others_keep_firin
         monkeypatch: pytest.MonkeyPatch) -> None:
     bad_schedule = parse_schedule("*/7 * * * * *")
     flaky = Flaky(bad_schedule, failures=None)
-    monkeypatch.setattr(scheduler_mod, "next_fire_ts", flaky)
+    monkeypatch.setattr(firequeue_mod, "next_fire_ts", flaky)
     q, c = FireQueue(), Clock(T0 + 0.2)
     q.set_tasks([make("bad", bad_schedule), make("good", EVERY_SECOND)], c.wall)  # does not raise
     assert q.next_fire("good") == T0 + 1 and q.next_fire("bad") is None
@@ -266,7 +266,7 @@ def test_failure_while_recomputing_after_a_clock_correction_is_contained(monkeyp
     q, c = FireQueue(), Clock(T0 + 0.2)
     q.set_tasks([make("bad", bad_schedule), make("good", EVERY_SECOND)], c.wall)
     q.tick(c.wall, c.mono)
-    monkeypatch.setattr(scheduler_mod, "next_fire_ts", Flaky(bad_schedule, failures=1))
+    monkeypatch.setattr(firequeue_mod, "next_fire_ts", Flaky(bad_schedule, failures=1))
     c.step(-(BACKWARD_LIMIT + 3_600))
     c.advance(1)
     acts = q.tick(c.wall, c.mono)

@@ -120,8 +120,8 @@ def test_reload_that_failed_half_way_is_not_taken_as_unchanged(tmp_path: Path, m
     # was then "reload.unchanged", and the mix stayed for good.
     import gotorch.service as service_module
     from gotorch.config import Config
+    from gotorch.firequeue import precompute
     from gotorch.loader import _pack
-    from gotorch.scheduler import precompute
 
     def config(cmd: str, digest: str) -> Config:
         c = parse_config("version: 1\ntasks:\n" + "".join(

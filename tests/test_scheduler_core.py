@@ -6,7 +6,8 @@ import textwrap
 from datetime import UTC, datetime
 
 from gotorch.config import Task, parse_config
-from gotorch.scheduler import MISSED_COUNT_CAP, Backoff, ClockJump, FireNow, FireQueue, Missed, precompute
+from gotorch.firequeue import MISSED_COUNT_CAP, ClockJump, FireNow, FireQueue, Missed, precompute
+from gotorch.policy import Backoff
 
 T0 = int(datetime(2027, 1, 1, 12, 0, 0, tzinfo=UTC).timestamp())
 
