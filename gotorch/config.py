@@ -15,12 +15,10 @@ import contextlib
 import ctypes
 import difflib
 import gc
-import grp
 import hashlib
 import ipaddress
 import os
 import pickle
-import pwd
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,6 +29,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from gotorch import accounts
 from gotorch.durations import DURATION_HINT, SIZE_HINT, parse_duration, parse_size
 from gotorch.hosts import IPNetwork
 from gotorch.schedule import Schedule, ScheduleError, forget_parsed, parse_schedule
@@ -246,30 +245,6 @@ def _ips(v: Any) -> tuple[IPNetwork, ...]:
     return tuple(nets)
 
 
-@lru_cache(maxsize=1024)
-def _user_exists(name: str) -> bool:
-    try:
-        if name.isdigit():
-            pwd.getpwuid(int(name))
-        else:
-            pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
-
-
-@lru_cache(maxsize=1024)
-def _group_exists(name: str) -> bool:
-    try:
-        if name.isdigit():
-            grp.getgrgid(int(name))
-        else:
-            grp.getgrnam(name)
-    except KeyError:
-        return False
-    return True
-
-
 def _account(kind: str, exists: Callable[[str], bool]) -> Callable[[Any], str]:
     def check(v: Any) -> str:
         if isinstance(v, bool) or not isinstance(v, str | int):
@@ -357,8 +332,9 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "misfire_grace": _duration(minimum_exclusive=False),
     "jitter": _duration(minimum_exclusive=False),
     "output_limit": _size,
-    "user": _account("user", _user_exists),
-    "group": _account("group", _group_exists),
+    # Through the accounts cache: whoever clears it (a reload, in the child that validates) clears ours.
+    "user": _account("user", accounts.user_exists),
+    "group": _account("group", accounts.group_exists),
     "env": _env,
     "workdir": _workdir,
     "timezone": _timezone,

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gotorch import procfs
 from gotorch.trustedfs import ensure_dir, open_state_file
 
 STATE_DIR_ENV = "TORCH_STATE_DIR"
@@ -179,11 +180,8 @@ def running_pid(path: Path) -> int | None:
 
 def is_torch_process(pid: int) -> bool:
     """True if `pid` is a torch daemon (not a recycled pid now owned by something else)."""
-    import psutil
-
-    try:
-        cmd = psutil.Process(pid).cmdline()
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+    cmd = procfs.cmdline(pid)  # None: gone or not ours to read; []: a zombie
+    if not cmd:
         return False
     text = " ".join(cmd)
     return "start" in cmd and ("gotorch" in text or any(Path(c).name == "torch" for c in cmd[:2]))

@@ -20,10 +20,8 @@ import asyncio
 import contextlib
 import functools
 import gc
-import grp
 import os
 import pickle
-import pwd
 import resource
 import signal
 import sys
@@ -32,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gotorch import accounts
 from gotorch.config import Config, ConfigError, ConfigInvalid, Task, compacted, parse_bytes, read_task_file
 from gotorch.firequeue import FireHints, precompute
 from gotorch.hosts import IPAddress, host_addresses, local_timezone
@@ -67,11 +66,11 @@ def _validate(got: FileBytes, path: Path, default_timezone: str, euid: int) -> C
 
 def account_problems(config: Config, euid: int) -> list[ConfigError]:
     """`user:`/`group:` other than the daemon's own need root: refuse them up front, not at every fire."""
-    me = pwd.getpwuid(euid)
+    me = accounts.user_by_id(euid)
     out = []
     for t in config.tasks:
         for field_name, value, own in (("user", t.user, (me.pw_name, str(euid))),
-                                       ("group", t.group, (grp.getgrgid(me.pw_gid).gr_name, str(me.pw_gid)))):
+                                       ("group", t.group, (accounts.group_by_id(me.pw_gid).gr_name, str(me.pw_gid)))):
             if value is not None and value not in own:
                 out.append(ConfigError(config.path, t.line, 1, field_name,
                                        f"runs as {field_name} {value!r}, but torch is not running as root",
@@ -167,6 +166,7 @@ def _load_here(path: Path, host_ips: str | None, euid: int) -> Loaded | LoadFail
     def failed(problem: str, hint: str = "", *, transient: bool) -> LoadFailed:
         return LoadFailed([ConfigError(file, 0, 0, "", problem, hint)], transient)
 
+    accounts.clear()  # forked with the daemon's account cache: a reload must see `useradd`s since
     try:
         got = read_settled(file, euid)
         config = _validate(got, path, local_timezone().key, euid)

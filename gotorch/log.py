@@ -17,10 +17,13 @@ from typing import Any, TextIO
 
 import structlog
 
+from gotorch.events import Bus, Event
 from gotorch.trustedfs import Untrusted, open_state_file
 
 _LOGGER_NAME = "torch"
 _handler: logging.Handler | None = None
+# Lazy: structlog resolves its configuration at the first event, so configure() may come later.
+_events_logger = structlog.get_logger(_LOGGER_NAME)
 
 
 def configure(*, file: Path | None = None, stream: TextIO | None = None, as_json: bool | None = None,
@@ -145,6 +148,22 @@ class SafeFileHandler(logging.StreamHandler):  # type: ignore[type-arg]
         finally:
             self.release()
         super().close()
+
+
+def log_event(event: Event) -> None:
+    """The log as an event subscriber: one JSON line per event, named `event.name`, at its level."""
+    fields = event.data()
+    exc = getattr(event, "exc", None)
+    if exc is not None:
+        fields["exc_info"] = exc
+    getattr(_events_logger, event.severity())(event.name, **fields)
+
+
+def logging_bus() -> Bus:
+    """A bus whose one subscriber is the log: what a component uses when it is given no bus."""
+    bus = Bus()
+    bus.subscribe(log_event)
+    return bus
 
 
 def get_logger(**bound: Any) -> Any:

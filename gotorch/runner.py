@@ -34,8 +34,6 @@ import asyncio
 import contextlib
 import ctypes
 import fcntl
-import functools
-import grp
 import os
 import pwd
 import signal
@@ -43,11 +41,24 @@ import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, Literal
 
-from gotorch.log import get_logger
+from gotorch import accounts, procfs
+from gotorch.events import (
+    Bus,
+    ChildrenLeft,
+    OnEndFailed,
+    OrphanReaped,
+    OrphansSignalled,
+    RunEnded,
+    RunOutput,
+    RunSetupFailed,
+    RunSignalled,
+    RunStarted,
+    RunTimedOut,
+)
+from gotorch.log import logging_bus
 
 # One pipe's default capacity on Linux: one read usually empties it.
 CHUNK = 64 * 1024
@@ -73,8 +84,6 @@ ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 USER_PATH = "/usr/local/bin:/usr/bin:/bin"
 RUN_ID_VAR = "TORCH_RUN_ID"
 PR_SET_CHILD_SUBREAPER = 36
-
-_RUN_ID_NEEDLE = RUN_ID_VAR.encode() + b"="
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,31 +120,29 @@ class RunResult:
 
 
 # --- identities and environments (cached: they sit on the spawn path) -----------------------------
+# They are kept in the accounts cache, so `accounts.clear()` (on every reload) forgets them with the
+# lookups they were made from.
 
 
 def _lookup_user(user: str | None) -> pwd.struct_passwd | None:
     """The passwd entry of `user`, or of the daemon's effective uid when None (None if it has none)."""
     if user is None:
         try:
-            return pwd.getpwuid(os.geteuid())
+            return accounts.user_by_id(os.geteuid())
         except KeyError:
             # Containers often run as a uid without a passwd entry; that must not stop runs.
             return None
-    try:
-        return pwd.getpwnam(user)
-    except KeyError:
-        if user.isdigit():
-            return pwd.getpwuid(int(user))
-        raise KeyError(f"unknown user {user!r}") from None
+    return accounts.user(user)  # KeyError("unknown user ...") fails the spawn
 
 
-def _lookup_group(group: str) -> int:
+def _lookup_gid(group: str) -> int:
+    """The gid of `group`; a number names a gid even without a group entry (Popen takes numbers)."""
     try:
-        return grp.getgrnam(group).gr_gid
+        return accounts.group(group).gr_gid
     except KeyError:
-        if group.isdigit():
+        if group.isascii() and group.isdigit():
             return int(group)
-        raise KeyError(f"unknown group {group!r}") from None
+        raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +155,7 @@ class _Identity:
     home_cwd: str
 
 
-@lru_cache(maxsize=256)
+@accounts.cached
 def _identity(user: str | None, group: str | None) -> _Identity:
     """The uid, gid and supplementary groups of a run as `user` (None: the daemon's) with `group`.
 
@@ -157,7 +164,7 @@ def _identity(user: str | None, group: str | None) -> _Identity:
     `group:`, the user's primary group is left out unless the group database lists the user in it.
     """
     pw = _lookup_user(user)
-    gid_wanted = _lookup_group(group) if group is not None else None
+    gid_wanted = _lookup_gid(group) if group is not None else None
     euid, egid = os.geteuid(), os.getegid()
     home = pw.pw_dir if pw is not None else "/"
     # cron starts jobs in the user's home; an account whose home is missing (nobody: /nonexistent)
@@ -176,7 +183,7 @@ def _identity(user: str | None, group: str | None) -> _Identity:
     return _Identity(None, gid, None, home_cwd)
 
 
-@lru_cache(maxsize=256)
+@accounts.cached
 def base_env(user: str | None) -> Mapping[str, str]:
     """The cron-like base environment of `user` (None: the daemon's user). Cached; read-only.
 
@@ -195,9 +202,8 @@ def base_env(user: str | None) -> Mapping[str, str]:
 
 
 def clear_caches() -> None:
-    """Forget cached user/group lookups, e.g. on reload, so edited accounts are picked up."""
-    _identity.cache_clear()
-    base_env.cache_clear()
+    """Forget cached user/group lookups: an alias of `accounts.clear()`, kept for existing callers."""
+    accounts.clear()
 
 
 def _iso_utc(ts: float) -> str:
@@ -235,79 +241,13 @@ def set_child_subreaper() -> bool:
         return False
 
 
-# --- /proc helpers (only on the kill paths, never on spawn) ----------------------------------------
-
-
-def _proc_pids() -> list[int]:
-    try:
-        return [int(n) for n in os.listdir("/proc") if n.isdigit()]
-    except OSError:
-        return []
-
-
-def _proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, ppid, pgrp) of `pid`, or None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    # The command name may contain spaces and parentheses; the fields start after the last ')'.
-    fields = data[data.rfind(b")") + 2:].split()
-    try:
-        return fields[0].decode(), int(fields[1]), int(fields[2])
-    except (IndexError, ValueError):
-        return None
-
-
-def _run_id_of(environ: bytes) -> str | None:
-    i = environ.find(_RUN_ID_NEEDLE)
-    while i >= 0:
-        if i == 0 or environ[i - 1] == 0:
-            start = i + len(_RUN_ID_NEEDLE)
-            end = environ.find(b"\0", start)
-            return environ[start:end if end >= 0 else len(environ)].decode("utf-8", "replace")
-        i = environ.find(_RUN_ID_NEEDLE, i + 1)
-    return None
-
-
 def _pids_by_run_id(run_ids: Iterable[str]) -> dict[str, list[int]]:
-    """Every process (but us) whose environment carries one of `run_ids` as TORCH_RUN_ID.
+    """Every process (but us) carrying one of `run_ids` as TORCH_RUN_ID, by run id: a /proc scan.
 
-    This is how we find processes that left their run's process group (setsid, double fork).
+    This is how we find processes that left their run's process group (setsid, double fork); kill
+    paths only, never on spawn.
     """
-    wanted = set(run_ids)
-    found: dict[str, list[int]] = {}
-    if not wanted:
-        return found
-    me = os.getpid()
-    for pid in _proc_pids():
-        if pid == me:
-            continue
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                environ = f.read()
-        except OSError:
-            continue
-        rid = _run_id_of(environ)
-        if rid is not None and rid in wanted:
-            found.setdefault(rid, []).append(pid)
-    return found
-
-
-def _children_of(ppid: int) -> list[int]:
-    return [pid for pid in _proc_pids() if (st := _proc_stat(pid)) is not None and st[1] == ppid]
-
-
-def _pid_exists(pid: int) -> bool:
-    return os.path.exists(f"/proc/{pid}")
-
-
-def _alive(pid: int) -> bool:
-    # A zombie counts as gone: if its parent is not us, it may never be reaped (an init that does
-    # not reap), and it can do nothing any more.
-    st = _proc_stat(pid)
-    return st is not None and st[0] != "Z"
+    return procfs.pids_by_env(RUN_ID_VAR, run_ids)
 
 
 def _signal_name(signum: int) -> str:
@@ -343,13 +283,13 @@ class Run:
     """
 
     __slots__ = (
-        "_exit_mono", "_grace_handle", "_log", "_start_mono", "_streams",
+        "_exit_mono", "_grace_handle", "_start_mono", "_streams",
         "_timeout_handle", "cause", "dropped_bytes", "ended", "exit_status", "exited",
         "output_bytes", "pid", "popen", "scheduled_at", "spec", "started_at",
     )
 
     def __init__(self, spec: RunSpec, popen: subprocess.Popen[bytes] | None, pid: int,
-                 started_at: float, start_mono: float, log: Any) -> None:
+                 started_at: float, start_mono: float) -> None:
         self.spec = spec
         self.popen = popen
         self.pid = pid
@@ -364,7 +304,6 @@ class Run:
         self.dropped_bytes = 0
         self._start_mono = start_mono
         self._exit_mono: float | None = None
-        self._log = log
         self._streams: list[_Stream] = []
         self._timeout_handle: asyncio.TimerHandle | None = None
         self._grace_handle: asyncio.TimerHandle | None = None
@@ -395,7 +334,8 @@ class Runner:
     raises are logged and swallowed.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_end: Callable[[Run, RunResult], None]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_end: Callable[[Run, RunResult], None],
+                 bus: Bus | None = None) -> None:
         self._loop = loop
         self._on_end = on_end
         self._runs: dict[str, Run] = {}
@@ -406,7 +346,7 @@ class Runner:
         self._escalations: dict[str, _Escalation] = {}
         self._scratch = bytearray(CHUNK)  # drained output lands here: no allocation per read
         self._closing = False
-        self._log = get_logger()
+        self._bus = bus if bus is not None else logging_bus()
 
     # --- queries ---
 
@@ -446,8 +386,7 @@ class Runner:
         # Popen returns after the child's exec succeeded: this is when the run really started.
         started_at = time.time()
         start_mono = time.monotonic()
-        run = Run(spec, popen, popen.pid, started_at, start_mono,
-                  self._log.bind(task=spec.task, run_id=spec.run_id))
+        run = Run(spec, popen, popen.pid, started_at, start_mono)
         self._runs[spec.run_id] = run
         self._by_pid[run.pid] = run
         self._counts[spec.task] = self._counts.get(spec.task, 0) + 1
@@ -462,7 +401,7 @@ class Runner:
                 run._timeout_handle = self._loop.call_later(spec.timeout, self._on_timeout, run)
         except Exception as exc:
             # The loop is closed or broken: do not leave an unwatched process behind.
-            self._log.error("run.setup_failed", task=spec.task, run_id=spec.run_id, error=_describe(exc))
+            self._bus.publish(RunSetupFailed(spec.task, spec.run_id, _describe(exc)))
             run.cause = "killed"
             self._send(run, signal.SIGKILL, "setup_failed", escaped=())
             for stream in list(run._streams):
@@ -473,19 +412,17 @@ class Runner:
             return run
         lateness = (round((started_at - spec.scheduled_ts) * 1000, 3)
                     if spec.scheduled_ts is not None else None)
-        # Logging is deferred to the next loop turn so runs firing on the same boundary are all
-        # spawned before any of them pays for formatting a log line; it still precedes any output.
-        self._loop.call_soon(functools.partial(
-            run._log.info, "run.start", pid=run.pid, scheduled_at=run.scheduled_at, lateness_ms=lateness))
+        # Published on the next loop turn so runs firing on the same boundary are all spawned before
+        # any subscriber pays for formatting a log line; it still precedes any output.
+        self._loop.call_soon(self._bus.publish,
+                             RunStarted(spec.task, spec.run_id, run.pid, run.scheduled_at, lateness))
         return run
 
     def _spawn_failed(self, spec: RunSpec, error: str) -> None:
-        log = self._log.bind(task=spec.task, run_id=spec.run_id)
-        run = Run(spec, None, 0, time.time(), time.monotonic(), log)
+        run = Run(spec, None, 0, time.time(), time.monotonic())
         run.exited = run.ended = True
         result = RunResult("failed", None, None, 0.0, 0, 0, error)
-        run._log.error("run.end", pid=None, status="failed", exit_code=None, signal=None, duration_s=0.0,
-                       output_bytes=0, dropped_bytes=0, error=error)
+        self._bus.publish(RunEnded(spec.task, spec.run_id, None, "failed", None, None, 0.0, 0, 0, error))
         self._call_on_end(run, result)
 
     # --- output ---
@@ -558,7 +495,7 @@ class Runner:
             line = line[:-1]
         if line.endswith(b"\r"):
             line = line[:-1]
-        run._log.info("run.output", stream=stream.name, line=line.decode("utf-8", "replace"))
+        self._bus.publish(RunOutput(run.spec.task, run.spec.run_id, stream.name, line.decode("utf-8", "replace")))
 
     def _drop_partials(self, run: Run) -> None:
         for s in run._streams:
@@ -601,7 +538,7 @@ class Runner:
                 return
             run = self._by_pid.pop(pid, None)
             if run is None:
-                self._log.debug("runner.orphan_reaped", pid=pid, status=status)
+                self._bus.publish(OrphanReaped(pid, status))
                 continue
             self._on_exit(run, status)
 
@@ -667,25 +604,17 @@ class Runner:
         end_mono = run._exit_mono if run._exit_mono is not None else time.monotonic()
         duration = round(end_mono - run._start_mono, 3)
         result = RunResult(status, exit_code, sig, duration, run.output_bytes, run.dropped_bytes, error)
-        fields: dict[str, Any] = {
-            "pid": run.pid, "status": status, "exit_code": exit_code, "signal": sig,
-            "duration_s": duration, "output_bytes": run.output_bytes, "dropped_bytes": run.dropped_bytes,
-        }
-        if error is not None:
-            fields["error"] = error
         if run.spec.run_id in self._escalations:
             self._settle_escalation(run)
-        if status in ("ok", "killed"):
-            run._log.info("run.end", **fields)
-        else:
-            run._log.warning("run.end", **fields)
+        self._bus.publish(RunEnded(run.spec.task, run.spec.run_id, run.pid, status, exit_code, sig, duration,
+                                   run.output_bytes, run.dropped_bytes, error))
         self._call_on_end(run, result)
 
     def _call_on_end(self, run: Run, result: RunResult) -> None:
         try:
             self._on_end(run, result)
-        except Exception:
-            self._log.exception("runner.on_end_failed", task=run.spec.task, run_id=run.spec.run_id)
+        except Exception as exc:
+            self._bus.publish(OnEndFailed(run.spec.task, run.spec.run_id, exc))
 
     # --- stopping ---
 
@@ -695,7 +624,7 @@ class Runner:
             return
         if run.cause is None:
             run.cause = "timeout"
-        run._log.warning("run.timeout", pid=run.pid, timeout_s=run.spec.timeout)
+        self._bus.publish(RunTimedOut(run.spec.task, run.spec.run_id, run.pid, run.spec.timeout))
         self._term_then_kill(run, run.spec.kill_timeout, "timeout")
 
     def terminate(self, run: Run) -> None:
@@ -735,14 +664,13 @@ class Runner:
         self._kill_all([run], reason)
 
     def _settle_escalation(self, run: Run) -> None:
-        """At the end of a run whose SIGKILL is pending: TERM its late escapees, or forget the KILL.
+        """At the end of a run whose SIGKILL is pending: TERM the escapees it started meanwhile.
 
         A run may answer its TERM by starting processes outside its group (a trap running
         `setsid x &`) and then exit. They did not exist when the TERM was sent, so they get theirs
-        now, and the KILL stays due for them. It is forgotten only once no process carries the run's
-        id and its group is empty: such a process can only be forked by another one carrying the
-        id, so when none is left, none can appear later (short of a fork racing the scan itself:
-        a child given a lower pid, after pid wrap-around, by a parent that exits before we read it).
+        now. The KILL stays due whatever this scan finds: a process caught in the middle of an
+        exec shows an empty environment in /proc, so "nothing carries the id" cannot be trusted
+        here (a test caught exactly that about one time in three); the KILL rescans at its due time.
         """
         pending = self._escalations.get(run.spec.run_id)
         if pending is None:
@@ -752,24 +680,13 @@ class Runner:
         late = [p for p in self._outside_group(run, found) if p not in pending.escaped]
         if late:
             pending.escaped.extend(self._send(run, signal.SIGTERM, pending.reason, late, group=False))
-        if found or _pid_exists(run.pid):
-            return  # if the leader's pid exists again it is someone else's: we cannot tell, keep it
-        try:
-            os.killpg(run.pid, 0)  # a member may have dropped TORCH_RUN_ID from its environment
-            return
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            return
-        pending.handle.cancel()
-        del self._escalations[run.spec.run_id]
 
     def _group_is_ours(self, run: Run) -> bool:
         # The group id is the leader's pid. While the leader is unreaped (even a zombie) the number
         # is ours. Once reaped, it stays reserved as long as any group member lives; it can only be
         # reused once the group is empty, and then by a new process with exactly that pid. So: if
         # the leader is reaped and its pid exists again, the group is someone else's.
-        return not run.exited or not _pid_exists(run.pid)
+        return not run.exited or not procfs.exists(run.pid)
 
     def _signal_group(self, run: Run, sig: signal.Signals) -> bool:
         """Signal the run's process group if it is still the run's; True if it had a member."""
@@ -788,7 +705,7 @@ class Runner:
         """Those of `pids` that exist outside the run's group (members get the group's signals)."""
         group_ok = self._group_is_ours(run)
         return [pid for pid in pids
-                if (st := _proc_stat(pid)) is not None and not (group_ok and st[2] == run.pid)]
+                if (st := procfs.stat(pid)) is not None and not (group_ok and st.pgrp == run.pid)]
 
     def _signal_outside(self, run: Run, sig: signal.Signals, pids: Iterable[int]) -> list[int]:
         """Signal those of `pids` that are outside the run's group; return them."""
@@ -800,11 +717,8 @@ class Runner:
                     os.kill(pid, signal.SIGCONT)
         return outside
 
-    @staticmethod
-    def _log_signal(run: Run, sig: signal.Signals, reason: str, group: bool, escaped: list[int]) -> None:
-        # A KILL that found nothing left (the usual end of a TERM that worked) is not news.
-        emit = run._log.info if group or escaped else run._log.debug
-        emit("run.signal", pid=run.pid, signal=sig.name, reason=reason, group=group, escaped=escaped)
+    def _log_signal(self, run: Run, sig: signal.Signals, reason: str, group: bool, escaped: list[int]) -> None:
+        self._bus.publish(RunSignalled(run.spec.task, run.spec.run_id, run.pid, sig.name, reason, group, escaped))
 
     def _send(self, run: Run, sig: signal.Signals, reason: str,
               escaped: Iterable[int] | None = None, *, group: bool = True) -> list[int]:
@@ -881,7 +795,7 @@ class Runner:
             if late:
                 self._send(run, signal.SIGTERM, "shutdown", late, group=False)
         kin = [pid for pids in found.values() for pid in pids]
-        await self._wait_until(lambda: not any(_alive(p) for p in kin), deadline - time.monotonic())
+        await self._wait_until(lambda: not any(procfs.alive(p) for p in kin), deadline - time.monotonic())
 
         # What is still here refused TERM: KILL it, everything carrying the id of a run we stopped,
         # and every pending escalation, now.
@@ -904,22 +818,22 @@ class Runner:
 
         def no_children_left() -> bool:
             killed.update(self._signal_orphans(signal.SIGKILL, skip=killed))
-            return not _children_of(os.getpid())
+            return not procfs.children_of(os.getpid())
 
         await self._wait_until(no_children_left, ORPHAN_REAP_WAIT_S)
-        left = _children_of(os.getpid())
+        left = procfs.children_of(os.getpid())
         if left:
-            self._log.warning("runner.children_left", pids=left)
+            self._bus.publish(ChildrenLeft(left))
 
     def _signal_orphans(self, sig: signal.Signals, skip: set[int] | None = None) -> list[int]:
         """Signal our children that are no run's main process (and not in `skip`); return them."""
-        orphans = [pid for pid in _children_of(os.getpid())
+        orphans = [pid for pid in procfs.children_of(os.getpid())
                    if pid not in self._by_pid and (skip is None or pid not in skip)]
         for pid in orphans:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
         if orphans:
-            self._log.info("runner.orphans_signalled", signal=sig.name, pids=orphans)
+            self._bus.publish(OrphansSignalled(sig.name, orphans))
         return orphans
 
     async def _wait_until(self, done: Callable[[], bool], timeout: float) -> None:

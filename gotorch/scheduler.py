@@ -21,8 +21,21 @@ from pathlib import Path
 
 from gotorch.config import Task
 from gotorch.delayed import DelayedStarts
+from gotorch.events import (
+    Bus,
+    CaughtUp,
+    ClockJumped,
+    FireFailed,
+    Jittered,
+    MissedFires,
+    Skipped,
+    StopForced,
+    StopRequested,
+    TaskTickFailed,
+    TickFailed,
+)
 from gotorch.firequeue import ClockJump, FireHints, FireNow, FireQueue, Missed, TaskError
-from gotorch.log import get_logger
+from gotorch.log import logging_bus
 from gotorch.plan import Plan, diff
 from gotorch.policy import jitter_delay
 from gotorch.runner import Run, Runner, RunResult, RunSpec
@@ -48,20 +61,20 @@ class Scheduler:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, *, state_dir: Path, stop_timeout: float = 10.0,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, bus: Bus | None = None) -> None:
         self.loop = loop
         self.state_dir = state_dir
         self.stop_timeout = stop_timeout
         self.rng = rng or random.Random()
-        self.log = get_logger()
+        self.bus = bus if bus is not None else logging_bus()
         self.queue = FireQueue()
-        self.runner = Runner(loop, self._on_run_end)
+        self.runner = Runner(loop, self._on_run_end, self.bus)
         self.states: dict[str, TaskState] = {}
         self.stopping = False
         self.started_at = time.time()
         self._timer: asyncio.TimerHandle | None = None
         self.delayed = DelayedStarts(loop)
-        self.supervisor = Supervisor(self.runner, self.delayed, lambda task: self._start(task, None), self.log)
+        self.supervisor = Supervisor(self.runner, self.delayed, lambda task: self._start(task, None), self.bus)
         self._seq = itertools.count(1)
         self._id_prefix = f"{os.urandom(5).hex()}-"
         self._done = loop.create_future()
@@ -88,8 +101,8 @@ class Scheduler:
                 if task.schedule is not None and task.schedule.kind == "reboot":
                     try:
                         self._fire(FireNow(task, now))
-                    except Exception:  # one task's failure must not keep the others from starting
-                        self.log.exception("fire.failed", task=task.name, scheduled_at=_iso(now))
+                    except Exception as exc:  # one task's failure must not keep the others from starting
+                        self.bus.publish(FireFailed(task.name, _iso(now), exc))
         return plan
 
     async def apply_gradually(self, tasks: dict[str, tuple[Task, str | None]], hints: FireHints | None = None,
@@ -183,8 +196,8 @@ class Scheduler:
     def _cancel_delayed(self, name: str, reason: str) -> None:
         for entry in self.delayed.cancel(name):
             if entry.kind == "jitter" and entry.scheduled is not None:
-                self.log.info("skipped", task=name, scheduled_at=_iso(entry.scheduled), reason=reason,
-                              detail="cancelled while waiting out its jitter")
+                self.bus.publish(Skipped(name, _iso(entry.scheduled), reason,
+                                         detail="cancelled while waiting out its jitter"))
 
     # -- time --------------------------------------------------------------------------------------
 
@@ -206,8 +219,8 @@ class Scheduler:
             if 0 < remaining <= 2 * EARLY_WAKE:
                 time.sleep(remaining)
             self.tick()
-        except Exception:  # never let one bad second stop every later one from firing
-            self.log.exception("tick.failed", second=_iso(target))
+        except Exception as exc:  # never let one bad second stop every later one from firing
+            self.bus.publish(TickFailed(_iso(target), exc))
         finally:
             self._ticked = target
             self.arm()
@@ -233,16 +246,15 @@ class Scheduler:
             if isinstance(a, FireNow):
                 try:
                     self._fire(a)
-                except Exception:
-                    self.log.exception("fire.failed", task=a.task.name, scheduled_at=_iso(a.scheduled))
+                except Exception as exc:
+                    self.bus.publish(FireFailed(a.task.name, _iso(a.scheduled), exc))
         self.queue.settle()
         errors: list[TaskError] = []
         for a in actions:
             if isinstance(a, Missed):
-                self.log.warning("missed", task=a.task, first=_iso(a.first), last=_iso(a.last), count=a.count,
-                                 reason=a.reason, exact=a.exact)
+                self.bus.publish(MissedFires(a.task, _iso(a.first), _iso(a.last), a.count, a.reason, a.exact))
             elif isinstance(a, ClockJump):
-                self.log.warning("clock.jump", direction=a.direction, seconds=round(a.seconds, 3), action=a.action)
+                self.bus.publish(ClockJumped(a.direction, round(a.seconds, 3), a.action))
             elif isinstance(a, TaskError):
                 errors.append(a)
         self._log_task_errors([*errors, *self.queue.take_errors()])
@@ -250,10 +262,10 @@ class Scheduler:
     def _log_task_errors(self, errors: list[TaskError]) -> None:
         for e in errors:
             # The traceback on the first failure only: a task that stays broken is re-checked (and
-            # logged) up to once a minute.
-            trace = {"exc_info": e.error} if e.attempt == 1 else {}
-            self.log.error("task.tick_failed", task=e.task, second=_iso(e.second), retry_at=_iso(e.retry_at),
-                           attempt=e.attempt, error=f"{type(e.error).__name__}: {e.error}", **trace)
+            # reported) up to once a minute.
+            self.bus.publish(TaskTickFailed(e.task, _iso(e.second), _iso(e.retry_at), e.attempt,
+                                            f"{type(e.error).__name__}: {e.error}",
+                                            e.error if e.attempt == 1 else None))
 
     # -- runs --------------------------------------------------------------------------------------
 
@@ -264,15 +276,14 @@ class Scheduler:
             return
         busy = self.runner.running_count(task.name) + self.delayed.pending(task.name)
         if busy >= task.max_instances:
-            self.log.info("skipped", task=task.name, scheduled_at=_iso(fire.scheduled), reason="max_instances",
-                          running=busy, max_instances=task.max_instances)
+            self.bus.publish(Skipped(task.name, _iso(fire.scheduled), "max_instances", running=busy,
+                                     max_instances=task.max_instances))
             return
         if fire.caught_up:
-            self.log.info("caught_up", task=task.name, scheduled_at=_iso(fire.scheduled),
-                          late_s=round(time.time() - fire.scheduled, 3))
+            self.bus.publish(CaughtUp(task.name, _iso(fire.scheduled), round(time.time() - fire.scheduled, 3)))
         delay = jitter_delay(task, self.rng)
         if delay > 0:
-            self.log.info("jitter", task=task.name, scheduled_at=_iso(fire.scheduled), delay_s=round(delay, 3))
+            self.bus.publish(Jittered(task.name, _iso(fire.scheduled), round(delay, 3)))
             self.delayed.add(task.name, delay, "jitter", fire.scheduled,
                              lambda token: self._after_jitter(task, fire.scheduled, token))
             return
@@ -310,13 +321,13 @@ class Scheduler:
     def request_stop(self, signame: str) -> None:
         """SIGTERM/SIGINT: stop firing and shut down; a second request kills what is left at once."""
         if self.stopping:
-            self.log.warning("stop.forced", signal=signame)
+            self.bus.publish(StopForced(signame))
             for run in list(self.runner.runs.values()):
                 self.runner.kill_now(run)
             return
         self.stopping = True
         self._stop_requested.set_result(None)
-        self.log.info("stop.requested", signal=signame, running=len(self.runner.runs))
+        self.bus.publish(StopRequested(signame, len(self.runner.runs)))
         if self._timer is not None:
             self._timer.cancel()
         for name in self.delayed.tasks():

@@ -9,10 +9,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from gotorch.config import Task
 from gotorch.delayed import DelayedStarts
+from gotorch.events import Bus, DaemonRestart
 from gotorch.policy import Backoff
 from gotorch.runner import Run, Runner, RunResult
 
@@ -33,11 +33,11 @@ class TaskState:
 class Supervisor:
     """Starts, restarts and retires the copies of daemon-type tasks."""
 
-    def __init__(self, runner: Runner, delayed: DelayedStarts, start: Callable[[Task], None], log: Any) -> None:
+    def __init__(self, runner: Runner, delayed: DelayedStarts, start: Callable[[Task], None], bus: Bus) -> None:
         self._runner = runner
         self._delayed = delayed
         self._start = start
-        self._log = log
+        self._bus = bus
         self._retired: set[str] = set()  # run ids of copies stopped because their definition went
 
     def launch(self, st: TaskState) -> None:
@@ -68,8 +68,7 @@ class Supervisor:
         uptime = time.time() - run.started_at
         delay = st.backoff.after_exit(uptime)
         st.restarts += 1
-        self._log.warning("daemon.restart", task=name, after_s=delay, uptime_s=round(uptime, 3),
-                          exit_status=result.status, exit_code=result.exit_code, signal=result.signal)
+        self._bus.publish(DaemonRestart(name, delay, round(uptime, 3), result.status, result.exit_code, result.signal))
         self._delayed.add(name, delay, "restart", None, lambda token: self._restart(st, task, token))
 
     def _restart(self, st: TaskState, task: Task, token: int) -> None:

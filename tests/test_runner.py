@@ -28,6 +28,7 @@ import psutil
 import pytest
 
 from gotorch import log
+from gotorch.accounts import clear as clear_account_cache
 from gotorch.runner import (
     ROOT_PATH,
     USER_PATH,
@@ -36,7 +37,6 @@ from gotorch.runner import (
     RunResult,
     RunSpec,
     build_env,
-    clear_caches,
     set_child_subreaper,
 )
 from tests.conftest import describe_pids, pids_with_env
@@ -610,12 +610,12 @@ def accounts() -> Iterator[Accounts]:
             made.append(("groupdel", group))
         _admin("useradd", "-M", "-s", "/bin/sh", "-g", a.primary, "-G", a.listed, a.user)
         made.append(("userdel", a.user))
-        clear_caches()
+        clear_account_cache()
         yield a
     finally:
         for argv in reversed(made):
             subprocess.run(argv, capture_output=True, timeout=60)
-        clear_caches()
+        clear_account_cache()
 
 
 SHOW_GROUPS = "grep -E '^(Gid|Groups):' /proc/self/status"
@@ -638,7 +638,7 @@ def test_user_with_group_drops_the_users_primary_group(h: Harness, accounts: Acc
     assert run_groups(h, user=a.user) == ({primary}, {primary, listed})
     # A user listed as a member of its primary group keeps it, as with initgroups.
     _admin("usermod", "-a", "-G", a.primary, a.user)
-    clear_caches()
+    clear_account_cache()
     assert run_groups(h, user=a.user, group=a.chosen) == ({chosen}, {chosen, listed, primary})
 
 

@@ -1,0 +1,333 @@
+"""Typed facts the daemon publishes, and the in-loop bus that hands them to every subscriber.
+
+The runner, the scheduler, the supervisor and the service say what happened by publishing events;
+they format nothing. Subscribers decide what to do with them: the JSON log (gotorch.log) is one; run
+history, metrics and `torch watch` will be others. The bus lives in the one event loop and calls
+subscribers synchronously, in subscription order: a subscriber must be quick (a database writer
+hands the event to its own thread) and must not publish in turn.
+
+Each event type has a `name` (the log's `event` field, e.g. `run.end`) and a `level`; its dataclass
+fields are its data. `exc` (where present) carries an exception whose traceback a subscriber may show.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+Level = str  # "debug" | "info" | "warning" | "error"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Base of all events: subclasses set `name` and `level` and declare their data as fields."""
+
+    name: ClassVar[str] = "event"
+    level: ClassVar[Level] = "info"
+
+    def severity(self) -> Level:
+        """The level of this event (some events vary it with their data)."""
+        return self.level
+
+    def data(self) -> dict[str, Any]:
+        """The event's fields, in declaration order, `exc` excluded."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "exc"}
+
+
+# --- runs (published by the runner) ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunStarted(Event):
+    """A run's process was spawned."""
+
+    name: ClassVar[str] = "run.start"
+    task: str
+    run_id: str
+    pid: int
+    scheduled_at: str | None
+    lateness_ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunSetupFailed(Event):
+    """A run could not even be prepared (unknown user, bad working directory); a RunEnded follows."""
+
+    name: ClassVar[str] = "run.setup_failed"
+    level: ClassVar[Level] = "error"
+    task: str
+    run_id: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutput(Event):
+    """One line a run printed (within its output_limit)."""
+
+    name: ClassVar[str] = "run.output"
+    task: str
+    run_id: str
+    stream: str
+    line: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunEnded(Event):
+    """A run is over: its direct child was reaped and its pipes are closed (or it never started)."""
+
+    name: ClassVar[str] = "run.end"
+    task: str
+    run_id: str
+    pid: int | None
+    status: str
+    exit_code: int | None
+    signal: str | None
+    duration_s: float
+    output_bytes: int
+    dropped_bytes: int
+    error: str | None = None
+
+    def severity(self) -> Level:
+        """ok and killed (on request) are news; failures are warnings."""
+        return "info" if self.status in ("ok", "killed") else "warning"
+
+    def data(self) -> dict[str, Any]:
+        """Fields, without `error` when there is none (as the log always had it)."""
+        out = Event.data(self)
+        if out["error"] is None:
+            del out["error"]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class RunTimedOut(Event):
+    """A run outlived its timeout; it is being stopped."""
+
+    name: ClassVar[str] = "run.timeout"
+    level: ClassVar[Level] = "warning"
+    task: str
+    run_id: str
+    pid: int
+    timeout_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunSignalled(Event):
+    """A signal went to a run's process group and/or its escaped processes."""
+
+    name: ClassVar[str] = "run.signal"
+    task: str
+    run_id: str
+    pid: int
+    signal: str
+    reason: str
+    group: bool
+    escaped: list[int]
+
+    def severity(self) -> Level:
+        """A KILL that found nothing left (the usual end of a TERM that worked) is not news."""
+        return "info" if self.group or self.escaped else "debug"
+
+
+@dataclass(frozen=True, slots=True)
+class OnEndFailed(Event):
+    """The runner's on_end callback raised (a bug in its owner); the run still counts as ended."""
+
+    name: ClassVar[str] = "runner.on_end_failed"
+    level: ClassVar[Level] = "error"
+    task: str
+    run_id: str
+    exc: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OrphanReaped(Event):
+    """A reparented process that belonged to no run was reaped."""
+
+    name: ClassVar[str] = "runner.orphan_reaped"
+    level: ClassVar[Level] = "debug"
+    pid: int
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
+class OrphansSignalled(Event):
+    """At shutdown, processes reparented to the daemon were signalled."""
+
+    name: ClassVar[str] = "runner.orphans_signalled"
+    signal: str
+    pids: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class ChildrenLeft(Event):
+    """At shutdown, children that would not die after SIGKILL."""
+
+    name: ClassVar[str] = "runner.children_left"
+    level: ClassVar[Level] = "warning"
+    pids: list[int]
+
+
+# --- fires (published by the scheduler and the supervisor) -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped(Event):
+    """A fire that started no run, and why (max_instances, reload, stop)."""
+
+    name: ClassVar[str] = "skipped"
+    task: str
+    scheduled_at: str
+    reason: str
+    detail: str | None = None
+    running: int | None = None
+    max_instances: int | None = None
+
+    def data(self) -> dict[str, Any]:
+        """Fields that apply to the reason (None ones left out)."""
+        return {k: v for k, v in Event.data(self).items() if v is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class MissedFires(Event):
+    """Fires of a task that were not run (the daemon was late, suspended or the clock jumped)."""
+
+    name: ClassVar[str] = "missed"
+    level: ClassVar[Level] = "warning"
+    task: str
+    first: str
+    last: str
+    count: int
+    reason: str
+    exact: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ClockJumped(Event):
+    """The wall clock moved differently from the monotonic clock."""
+
+    name: ClassVar[str] = "clock.jump"
+    level: ClassVar[Level] = "warning"
+    direction: str
+    seconds: float
+    action: str
+
+
+@dataclass(frozen=True, slots=True)
+class Jittered(Event):
+    """A fire waits out its random delay before starting."""
+
+    name: ClassVar[str] = "jitter"
+    task: str
+    scheduled_at: str
+    delay_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class CaughtUp(Event):
+    """A late fire run once for a missed window (within misfire_grace)."""
+
+    name: ClassVar[str] = "caught_up"
+    task: str
+    scheduled_at: str
+    late_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class FireFailed(Event):
+    """Starting a due fire raised (a bug): that fire is lost, the others of the tick are not."""
+
+    name: ClassVar[str] = "fire.failed"
+    level: ClassVar[Level] = "error"
+    task: str
+    scheduled_at: str
+    exc: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TickFailed(Event):
+    """A whole second's tick raised (a bug); the next second ticks again."""
+
+    name: ClassVar[str] = "tick.failed"
+    level: ClassVar[Level] = "error"
+    second: str
+    exc: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskTickFailed(Event):
+    """A task's fires could not be worked out; it is re-checked at `retry_at`."""
+
+    name: ClassVar[str] = "task.tick_failed"
+    level: ClassVar[Level] = "error"
+    task: str
+    second: str
+    retry_at: str
+    attempt: int
+    error: str
+    exc: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonRestart(Event):
+    """A daemon-type task's copy ended and will be started again after `after_s`."""
+
+    name: ClassVar[str] = "daemon.restart"
+    level: ClassVar[Level] = "warning"
+    task: str
+    after_s: float
+    uptime_s: float
+    exit_status: str
+    exit_code: int | None
+    signal: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StopRequested(Event):
+    """SIGTERM/SIGINT: firing stops, runs are being stopped."""
+
+    name: ClassVar[str] = "stop.requested"
+    signal: str
+    running: int
+
+
+@dataclass(frozen=True, slots=True)
+class StopForced(Event):
+    """A second stop request: what is left is killed at once."""
+
+    name: ClassVar[str] = "stop.forced"
+    level: ClassVar[Level] = "warning"
+    signal: str
+
+
+# --- the bus ------------------------------------------------------------------------------------------
+
+Subscriber = Callable[[Event], None]
+
+
+class Bus:
+    """Hands each published event to every subscriber, in the loop, in subscription order.
+
+    A subscriber that raises is counted and reported on stderr, never to the others' cost: the log
+    itself may be the subscriber that fails.
+    """
+
+    def __init__(self) -> None:
+        self._subscribers: list[Subscriber] = []
+        self.failures = 0
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        """Add `subscriber`; returns a function that removes it again."""
+        self._subscribers.append(subscriber)
+        return lambda: self._subscribers.remove(subscriber)
+
+    def publish(self, event: Event) -> None:
+        """Deliver `event` to every subscriber now."""
+        for subscriber in self._subscribers:
+            try:
+                subscriber(event)
+            except Exception as exc:
+                self.failures += 1
+                print(f"torch: event subscriber {subscriber!r} failed on {event.name}: {exc!r}", file=sys.stderr)

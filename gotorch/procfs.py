@@ -1,0 +1,121 @@
+"""Reading /proc (Linux): which processes exist, their state, parent and group, environment and argv.
+
+Every reader is a snapshot that may be stale by the time it returns: processes come and go between
+a listing and a read, so a process that vanished (or that we may not read) is skipped or answered
+with None, never an exception. Nothing here signals anything or knows what the processes are for.
+
+Scans of all of /proc cost about 7 us per process; callers keep them off hot paths (the runner only
+scans on its kill paths, never on spawn).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import NamedTuple
+
+
+class Stat(NamedTuple):
+    """The fields of /proc/PID/stat we use."""
+
+    state: str  # R, S, D, Z, T, ... (see proc(5)); "Z" is a zombie
+    ppid: int
+    pgrp: int
+
+
+def pids() -> list[int]:
+    """Every process id in /proc now (empty if /proc cannot be read)."""
+    try:
+        return [int(n) for n in os.listdir("/proc") if n.isdigit()]
+    except OSError:
+        return []
+
+
+def stat(pid: int) -> Stat | None:
+    """State, parent and process group of `pid`, or None if it is gone (or unreadable)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # The command name may contain spaces and parentheses; the fields start after the last ')'.
+    fields = data[data.rfind(b")") + 2:].split()
+    try:
+        return Stat(fields[0].decode(), int(fields[1]), int(fields[2]))
+    except (IndexError, ValueError):
+        return None
+
+
+def exists(pid: int) -> bool:
+    """True if a process (zombies included) has this pid now."""
+    return os.path.exists(f"/proc/{pid}")
+
+
+def alive(pid: int) -> bool:
+    """True if `pid` exists and is not a zombie."""
+    # A zombie counts as gone: if its parent is not us, it may never be reaped (an init that does
+    # not reap), and it can do nothing any more.
+    st = stat(pid)
+    return st is not None and st.state != "Z"
+
+
+def children_of(ppid: int) -> list[int]:
+    """The processes (zombies included) whose parent is `ppid`: a scan of all of /proc."""
+    return [pid for pid in pids() if (st := stat(pid)) is not None and st.ppid == ppid]
+
+
+def env_value(environ: bytes, name: str) -> str | None:
+    """The value of variable `name` in `environ` (the raw NUL-separated bytes of /proc/PID/environ).
+
+    None if it is not set. Undecodable bytes are replaced, so a value is always a str.
+    """
+    return _find(environ, name.encode() + b"=")
+
+
+def _find(environ: bytes, needle: bytes) -> str | None:
+    i = environ.find(needle)
+    while i >= 0:
+        if i == 0 or environ[i - 1] == 0:  # a whole entry, not the tail of another (XTORCH_...=)
+            start = i + len(needle)
+            end = environ.find(b"\0", start)
+            return environ[start:end if end >= 0 else len(environ)].decode("utf-8", "replace")
+        i = environ.find(needle, i + 1)
+    return None
+
+
+def pids_by_env(name: str, values: Iterable[str]) -> dict[str, list[int]]:
+    """Every process but this one whose environment sets `name` to one of `values`, by value.
+
+    What /proc shows is the environment a program was exec'd with (later setenv calls do not show),
+    so a process that exec'd another program with a scrubbed environment is not found. Processes we
+    may not read are skipped.
+    """
+    wanted = set(values)
+    found: dict[str, list[int]] = {}
+    if not wanted:
+        return found
+    needle = name.encode() + b"="
+    me = os.getpid()
+    for pid in pids():
+        if pid == me:
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read()
+        except OSError:
+            continue
+        value = _find(environ, needle)
+        if value is not None and value in wanted:
+            found.setdefault(value, []).append(pid)
+    return found
+
+
+def cmdline(pid: int) -> list[str] | None:
+    """The argv of `pid`, or None if it is gone or unreadable. A zombie's is empty."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # Arguments are NUL-terminated; decoded as the filesystem encoding decodes names (no errors).
+    return [os.fsdecode(arg) for arg in data.removesuffix(b"\0").split(b"\0")] if data else []
