@@ -302,6 +302,148 @@ class StopForced(Event):
     signal: str
 
 
+# --- the daemon (published by the service) -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WatchStarted(Event):
+    """The task file's directory is watched for edits (inotify, or polling as a fallback)."""
+
+    name: ClassVar[str] = "watch.start"
+    path: str
+    mode: str
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonStarted(Event):
+    """The daemon serves generation 1 of its config."""
+
+    name: ClassVar[str] = "daemon.start"
+    pid: int
+    config: str
+    hash: str
+    generation: int
+    subreaper: bool
+    host_ips: list[str]
+    tasks_here: int
+    tasks_elsewhere: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskApplies(Event):
+    """At start: a task runs on this host, through which address (or on all hosts)."""
+
+    name: ClassVar[str] = "task.applies"
+    task: str
+    type: str
+    matched_ip: str
+    schedule: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskNotHere(Event):
+    """At start: a task that does not apply to this host (allow-list, or disabled)."""
+
+    name: ClassVar[str] = "task.not_here"
+    task: str
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonFailed(Event):
+    """The daemon is going down because of an unexpected error; every run is being stopped."""
+
+    name: ClassVar[str] = "daemon.failed"
+    level: ClassVar[Level] = "error"
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonStopped(Event):
+    """The daemon stopped: every run has ended."""
+
+    name: ClassVar[str] = "daemon.stop"
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class SignalHandlerFailed(Event):
+    """Handling a signal raised (a bug); the other signals are still handled."""
+
+    name: ClassVar[str] = "signal.handler_failed"
+    level: ClassVar[Level] = "error"
+    signal: str
+    exc: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LogReopened(Event):
+    """SIGHUP: the log file was reopened."""
+
+    name: ClassVar[str] = "log.reopened"
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadUnchanged(Event):
+    """A reload found the same bytes and addresses: no new generation."""
+
+    name: ClassVar[str] = "reload.unchanged"
+    trigger: str
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadFailed(Event):
+    """A reload changed nothing: the file is invalid or unreadable (or a bug); the old config runs on."""
+
+    name: ClassVar[str] = "reload.failed"
+    level: ClassVar[Level] = "error"
+    trigger: str
+    generation: int
+    errors: list[str]
+    transient: bool = False
+    retry_in_s: float | None = None
+    exc: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HostAddressesChanged(Event):
+    """A reload found this host's addresses changed (DHCP, a new alias)."""
+
+    name: ClassVar[str] = "host.addresses_changed"
+    before: list[str]
+    after: list[str]
+
+
+# The log lists at most this many names per kind in reload.applied (with the counts beyond).
+LOGGED_NAMES = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadApplied(Event):
+    """A new generation runs: what it added, removed and changed, and what the reload cost."""
+
+    name: ClassVar[str] = "reload.applied"
+    trigger: str
+    generation: int
+    hash: str
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: tuple[str, ...]
+    tasks_here: int
+    parse_ms: float
+    apply_ms: float
+
+    def data(self) -> dict[str, Any]:
+        """Fields, with up to LOGGED_NAMES names per kind and `<kind>_count` beyond that."""
+        out = Event.data(self)
+        for key in ("added", "removed", "changed"):
+            names: tuple[str, ...] = out[key]
+            out[key] = list(names[:LOGGED_NAMES])
+            if len(names) > LOGGED_NAMES:
+                out[f"{key}_count"] = len(names)
+        return out
+
+
 # --- the bus ------------------------------------------------------------------------------------------
 
 Subscriber = Callable[[Event], None]

@@ -30,9 +30,22 @@ from gotorch import control
 from gotorch import log as logmod
 from gotorch.config import Config, ConfigError, Task, release_free_memory
 from gotorch.daemon import Paths
+from gotorch.events import (
+    DaemonFailed,
+    DaemonStarted,
+    DaemonStopped,
+    HostAddressesChanged,
+    LogReopened,
+    ReloadApplied,
+    ReloadFailed,
+    ReloadUnchanged,
+    SignalHandlerFailed,
+    TaskApplies,
+    TaskNotHere,
+    WatchStarted,
+)
 from gotorch.hosts import IPAddress, host_addresses, match
 from gotorch.loader import LoadFailed, load_in_child
-from gotorch.plan import Plan
 from gotorch.runner import clear_caches, set_child_subreaper
 from gotorch.scheduler import APPLY_SLICE, Scheduler
 from gotorch.watcher import FileWatcher
@@ -95,7 +108,7 @@ class Service:
         self.stop_timeout = stop_timeout
         self.on_ready = on_ready
         self.notify = notify or (lambda _msg: None)
-        self.log = logmod.get_logger()
+        self.bus = logmod.logging_bus()
         self.generation = Generation(1, config.digest, time.time())
         self.last_reload: ReloadResult | None = None
         self.reloads = 0  # completed reload attempts, so `torch reload` can tell when its own one is done
@@ -120,7 +133,7 @@ class Service:
         # (or the watcher thread works): the default 5 ms hand-over would be 5 ms of lateness.
         sys.setswitchinterval(0.0005)
         subreaper = set_child_subreaper()
-        sched = Scheduler(loop, state_dir=self.paths.state_dir, stop_timeout=self.stop_timeout)
+        sched = Scheduler(loop, state_dir=self.paths.state_dir, stop_timeout=self.stop_timeout, bus=self.bus)
         self.scheduler = sched
         self._install_signals(loop, {
             signal.SIGCHLD: sched.runner.reap,
@@ -137,17 +150,15 @@ class Service:
             if self.watch:
                 self.watcher = FileWatcher(loop, self.config_path, lambda: self.request_reload("file"))
                 mode = self.watcher.start()
-                self.log.info("watch.start", path=str(self.config_path), mode=mode)
+                self.bus.publish(WatchStarted(str(self.config_path), mode))
             here, skipped = applicable(self.config, self.addresses)
-            self.log.info("daemon.start", pid=os.getpid(), config=str(self.config_path),
-                          hash=self.config.short_hash, generation=1, subreaper=subreaper,
-                          host_ips=[str(a) for a in self.addresses], tasks_here=len(here),
-                          tasks_elsewhere=len(skipped))
+            self.bus.publish(DaemonStarted(os.getpid(), str(self.config_path), self.config.short_hash, 1, subreaper,
+                                           [str(a) for a in self.addresses], len(here), len(skipped)))
             for name, (t, ip) in here.items():
-                self.log.info("task.applies", task=name, type=t.type, matched_ip=ip or "all hosts",
-                              schedule=t.schedule.text if t.schedule else None)
+                self.bus.publish(TaskApplies(name, t.type, ip or "all hosts",
+                                             t.schedule.text if t.schedule else None))
             for name in skipped:
-                self.log.info("task.not_here", task=name)
+                self.bus.publish(TaskNotHere(name))
             sched.apply(here, at_start=True)
             # Everything loaded so far lives as long as the config: keep the cyclic GC from rescanning
             # it; a full collection over 10,000 tasks would stall a firing second by tens of ms.
@@ -161,7 +172,7 @@ class Service:
         finally:
             # Also on an unexpected error: stop every run before going away, never orphan them.
             if not sched.stopping:
-                self.log.error("daemon.failed", pid=os.getpid())
+                self.bus.publish(DaemonFailed(os.getpid()))
                 sched.request_stop("error")
             self.notify(f"STOPPING=1\nSTATUS=stopping, {self._status_line()}")
             self._cancel_reload()
@@ -171,7 +182,7 @@ class Service:
             server.close()
             with contextlib.suppress(OSError):
                 self.paths.socket.unlink()
-        self.log.info("daemon.stop", pid=os.getpid())
+        self.bus.publish(DaemonStopped(os.getpid()))
         return 0
 
     def _cancel_reload(self) -> None:
@@ -216,12 +227,12 @@ class Service:
             signum = self._pending_signals.popleft()
             try:
                 self._signal_handlers[signum]()
-            except Exception:  # one failing handler must not take the others (or the tick) down
-                self.log.exception("signal.handler_failed", signal=signal.Signals(signum).name)
+            except Exception as exc:  # one failing handler must not take the others (or the tick) down
+                self.bus.publish(SignalHandlerFailed(signal.Signals(signum).name, exc))
 
     def _reopen_log(self) -> None:
         logmod.reopen()
-        self.log.info("log.reopened")
+        self.bus.publish(LogReopened())
 
     # -- reload ------------------------------------------------------------------------------------
 
@@ -262,7 +273,7 @@ class Service:
             if outcome.digest == self.config.digest and outcome.addresses == self.addresses and not self._half_applied:
                 # Same bytes (a touch, a chmod, an editor saving twice): not a new generation.
                 self.last_reload = ReloadResult(True, time.time(), trigger)
-                self.log.info("reload.unchanged", trigger=trigger, generation=self.generation.number)
+                self.bus.publish(ReloadUnchanged(trigger, self.generation.number))
                 return
             parsed = time.monotonic()
             # Unpickle and match a slice at a time, each early in a second, then apply (at once up to
@@ -285,15 +296,14 @@ class Service:
             try:
                 plan = await sched.apply_gradually(here, hints)
             except Exception as exc:  # a bug, not a bad file: say so loudly, keep the daemon up
-                self.last_reload = ReloadResult(False, time.time(), trigger, [{"message": f"internal error: {exc!r}"}])
-                self.log.exception("reload.failed", trigger=trigger, generation=self.generation.number)
+                self._reload_crashed(trigger, exc)
                 return
             if sched.stopping:
                 return
             self._half_applied = False
             if outcome.addresses != self.addresses:
-                self.log.info("host.addresses_changed", before=[str(a) for a in self.addresses],
-                              after=[str(a) for a in outcome.addresses])
+                self.bus.publish(HostAddressesChanged([str(a) for a in self.addresses],
+                                                      [str(a) for a in outcome.addresses]))
                 self.addresses = outcome.addresses
             self.config = config
             del outcome, hints, here
@@ -306,13 +316,12 @@ class Service:
             self.generation = Generation(self.generation.number + 1, config.digest, time.time(),
                                          plan.added, plan.removed, plan.changed)
             self.last_reload = ReloadResult(True, time.time(), trigger)
-            self.log.info("reload.applied", trigger=trigger, generation=self.generation.number,
-                          hash=config.short_hash, **_names(plan), tasks_here=len(self.scheduler.states),
-                          parse_ms=round((parsed - t0) * 1000, 1),
-                          apply_ms=round((time.monotonic() - applying) * 1000, 1))
+            self.bus.publish(ReloadApplied(trigger, self.generation.number, config.short_hash, plan.added,
+                                           plan.removed, plan.changed, len(self.scheduler.states),
+                                           round((parsed - t0) * 1000, 1),
+                                           round((time.monotonic() - applying) * 1000, 1)))
         except Exception as exc:  # never let a reload bug take the daemon down
-            self.last_reload = ReloadResult(False, time.time(), trigger, [{"message": repr(exc)}])
-            self.log.exception("reload.failed", trigger=trigger, generation=self.generation.number)
+            self._reload_crashed(trigger, exc)
         finally:
             self.reloads += 1
             self._reloading = False
@@ -335,8 +344,13 @@ class Service:
             self._retry_at = time.time() + retry_in
         else:
             self._retry_delay = 0.0
-        self.log.error("reload.failed", trigger=trigger, generation=self.generation.number,
-                       errors=[str(e) for e in errors], transient=transient, retry_in_s=retry_in)
+        self.bus.publish(ReloadFailed(trigger, self.generation.number, [str(e) for e in errors], transient, retry_in))
+
+    def _reload_crashed(self, trigger: str, exc: Exception) -> None:
+        """A bug, not a bad file: say so loudly (with the traceback), keep the daemon and its config up."""
+        message = f"internal error: {exc!r}"
+        self.last_reload = ReloadResult(False, time.time(), trigger, [{"message": message}])
+        self.bus.publish(ReloadFailed(trigger, self.generation.number, [message], exc=exc))
 
     # -- status ------------------------------------------------------------------------------------
 
@@ -380,20 +394,6 @@ class Service:
                 "errors": self.last_reload.errors},
             "tasks": tasks,
         }
-
-
-LOGGED_NAMES = 1000
-
-
-def _names(plan: Plan) -> dict[str, Any]:
-    """added/removed/changed for the reload.applied event: up to LOGGED_NAMES each, and their counts."""
-    out: dict[str, Any] = {}
-    for key in ("added", "removed", "changed"):
-        names: tuple[str, ...] = getattr(plan, key)
-        out[key] = list(names[:LOGGED_NAMES])
-        if len(names) > LOGGED_NAMES:
-            out[f"{key}_count"] = len(names)
-    return out
 
 
 def _iso(ts: float | None) -> str | None:
