@@ -1,7 +1,9 @@
 """Structured log events: JSON lines to a logrotate-safe file, or to stderr in the foreground.
 
-Every event is a name (`run.start`, `reload.applied`, ...) plus fields. Configure once, after the
-daemon has forked: handlers hold file descriptors that a fork would otherwise have to preserve.
+The log is a subscriber of the event bus (gotorch.events): `log_event` writes each event as a name
+(`run.start`, `reload.applied`, ...) plus its fields; nothing else in torch formats log lines.
+Configure once, after the daemon has forked: handlers hold file descriptors that a fork would
+otherwise have to preserve.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import structlog
 
@@ -164,8 +166,3 @@ def logging_bus() -> Bus:
     bus = Bus()
     bus.subscribe(log_event)
     return bus
-
-
-def get_logger(**bound: Any) -> Any:
-    """A structlog logger for torch events, with `bound` fields on every event."""
-    return structlog.get_logger(_LOGGER_NAME).bind(**bound)
