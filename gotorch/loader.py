@@ -66,11 +66,16 @@ def _validate(got: FileBytes, path: Path, default_timezone: str, euid: int) -> C
 
 def account_problems(config: Config, euid: int) -> list[ConfigError]:
     """`user:`/`group:` other than the daemon's own need root: refuse them up front, not at every fire."""
-    me = accounts.user_by_id(euid)
+    # A uid without a passwd entry (containers) is only known by its number, and so is its group.
+    gid = os.getegid()
+    own_user, own_group = {str(euid)}, {str(gid)}
+    with contextlib.suppress(KeyError):
+        own_user.add(accounts.user_by_id(euid).pw_name)
+    with contextlib.suppress(KeyError):
+        own_group.add(accounts.group_by_id(gid).gr_name)
     out = []
     for t in config.tasks:
-        for field_name, value, own in (("user", t.user, (me.pw_name, str(euid))),
-                                       ("group", t.group, (accounts.group_by_id(me.pw_gid).gr_name, str(me.pw_gid)))):
+        for field_name, value, own in (("user", t.user, own_user), ("group", t.group, own_group)):
             if value is not None and value not in own:
                 out.append(ConfigError(config.path, t.line, 1, field_name,
                                        f"runs as {field_name} {value!r}, but torch is not running as root",

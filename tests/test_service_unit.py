@@ -64,3 +64,13 @@ def test_a_failing_tick_does_not_stop_later_ticks(tmp_path: object) -> None:
     asyncio.run(main())
     assert len(calls) >= 3
 
+
+
+def test_non_root_daemon_without_a_passwd_entry_gets_errors_not_a_crash() -> None:
+    # A container's uid often has no passwd entry: that raised KeyError out of `torch start`.
+    uid = 54321
+    with pytest.raises(KeyError):
+        pwd.getpwuid(uid)
+    cfg = parse_config(TEXT, "t.yaml")
+    (problem,) = account_problems(cfg, uid)
+    assert "task 'e': user: runs as user 'root'" in str(problem)
