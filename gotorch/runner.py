@@ -106,17 +106,9 @@ class RunSpec:
 RunStatus = Literal["ok", "failed", "timeout", "killed"]
 
 
-@dataclass(frozen=True, slots=True)
-class RunResult:
-    """How a run ended. Exactly one of exit_code and signal is set, unless the spawn failed."""
-
-    status: RunStatus
-    exit_code: int | None
-    signal: str | None
-    duration_s: float
-    output_bytes: int
-    dropped_bytes: int
-    error: str | None = None
+# How a run ended is the RunEnded event itself: `on_end` gets exactly what the bus's subscribers got.
+# Exactly one of exit_code and signal is set, unless the spawn failed.
+RunResult = RunEnded
 
 
 # --- identities and environments (cached: they sit on the spawn path) -----------------------------
@@ -421,8 +413,8 @@ class Runner:
     def _spawn_failed(self, spec: RunSpec, error: str) -> None:
         run = Run(spec, None, 0, time.time(), time.monotonic())
         run.exited = run.ended = True
-        result = RunResult("failed", None, None, 0.0, 0, 0, error)
-        self._bus.publish(RunEnded(spec.task, spec.run_id, None, "failed", None, None, 0.0, 0, 0, error))
+        result = RunEnded(spec.task, spec.run_id, None, "failed", None, None, 0.0, 0, 0, error)
+        self._bus.publish(result)
         self._call_on_end(run, result)
 
     # --- output ---
@@ -603,11 +595,11 @@ class Runner:
             status = "failed"  # non-zero exit, or a signal we did not send (OOM killer, ...)
         end_mono = run._exit_mono if run._exit_mono is not None else time.monotonic()
         duration = round(end_mono - run._start_mono, 3)
-        result = RunResult(status, exit_code, sig, duration, run.output_bytes, run.dropped_bytes, error)
         if run.spec.run_id in self._escalations:
             self._settle_escalation(run)
-        self._bus.publish(RunEnded(run.spec.task, run.spec.run_id, run.pid, status, exit_code, sig, duration,
-                                   run.output_bytes, run.dropped_bytes, error))
+        result = RunEnded(run.spec.task, run.spec.run_id, run.pid, status, exit_code, sig, duration,
+                          run.output_bytes, run.dropped_bytes, error)
+        self._bus.publish(result)
         self._call_on_end(run, result)
 
     def _call_on_end(self, run: Run, result: RunResult) -> None:
