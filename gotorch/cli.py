@@ -6,10 +6,12 @@ daemon error), 2 usage.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,7 +20,19 @@ import click
 
 from gotorch import __version__
 from gotorch.config import Config, ConfigError, ConfigInvalid, Task, load_config
-from gotorch.durations import format_duration
+from gotorch.durations import format_duration, parse_duration
+from gotorch.history.query import (
+    DB_NAME,
+    NONRUN_STATUSES,
+    STATUSES,
+    HistoryRow,
+    HistoryUnreadable,
+    find_row,
+    history,
+    open_readonly,
+    runs_with_output,
+    task_exists,
+)
 from gotorch.hosts import host_addresses, local_timezone, match
 from gotorch.schedule import Fire, dst_warnings, fires
 from gotorch.trustedfs import Untrusted
@@ -541,6 +555,225 @@ def status(config_opt: str | None, state_dir: str | None, as_json: bool) -> None
     widths = [max(len(r[i]) for r in table) for i in range(5)]
     for r in table:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+# --- history, logs -------------------------------------------------------------------------------
+# Both read STATE/history.db directly and read-only (history.query.open_readonly): they work whether
+# or not the daemon runs, and cannot create or change the database under it.
+
+
+def _history_path(state_dir: str | None) -> Path:
+    from gotorch.daemon import resolve_paths
+
+    return resolve_paths(state_dir).state_dir / DB_NAME
+
+
+@contextlib.contextmanager
+def _history_db(state_dir: str | None, when_missing: Callable[[], None]) -> Iterator[sqlite3.Connection]:
+    """Open the history read-only; missing: call `when_missing`, exit 0; unreadable: message, exit 1."""
+    path = _history_path(state_dir)
+    try:
+        db = open_readonly(path)
+    except HistoryUnreadable as exc:
+        click.echo(f"torch: {exc}", err=True)
+        sys.exit(1)
+    if db is None:
+        when_missing()
+        sys.exit(0)
+    try:
+        yield db
+    except sqlite3.Error as exc:  # damage past the header shows only when a query reaches it
+        click.echo(f"torch: {HistoryUnreadable(path, str(exc))}", err=True)
+        sys.exit(1)
+    finally:
+        db.close()
+
+
+def _no_history() -> None:
+    click.echo("no history yet", err=True)
+
+
+def _parse_time(text: str, param: str) -> float:
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        hint = "a duration (2h, 30m, 1d) or " if param == "--since" else ""
+        raise click.BadParameter(f"{text!r} is not {hint}an ISO-8601 time (e.g. 2027-03-28T01:00:00+01:00)",
+                                 param_hint=param) from None
+    if at.tzinfo is None:  # like `next --from`: a time without offset is local wall time
+        at = at.replace(tzinfo=local_timezone())
+    return at.timestamp()
+
+
+def _parse_since(text: str | None, now: float) -> float | None:
+    if text is None:
+        return None
+    try:
+        ago = parse_duration(text)
+    except ValueError:
+        return _parse_time(text, "--since")
+    if ago < 0:
+        raise click.BadParameter(f"{text!r}: a duration ago cannot be negative", param_hint="--since")
+    return now - ago
+
+
+def _parse_statuses(values: tuple[str, ...]) -> list[str]:
+    out: list[str] = []
+    for value in values:
+        for s in (x.strip() for x in value.split(",")):
+            if not s:
+                continue
+            if s not in STATUSES:  # a typo would otherwise silently match nothing
+                raise click.BadParameter(f"unknown status {s!r}; one of {', '.join(STATUSES)}",
+                                         param_hint="--status")
+            if s not in out:
+                out.append(s)
+    return out
+
+
+def _local_time(t: float | None) -> str:
+    if t is None:
+        return "-"
+    return datetime.fromtimestamp(t, local_timezone()).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _run_duration(d: float | None) -> str:
+    if d is None:
+        return "-"
+    return f"{d:.2f}s" if d < 60 else format_duration(round(d))
+
+
+def _status_text(row: HistoryRow) -> str:
+    """`failed (exit 3)`, `killed (SIGTERM)`, `skipped (max_instances)`, `ok`."""
+    if row.signal:
+        return f"{row.status} ({row.signal})"
+    if row.exit_code is not None and row.status != "ok":
+        return f"{row.status} (exit {row.exit_code})"
+    if row.reason:
+        return f"{row.status} ({row.reason})"
+    return row.status
+
+
+@cli.command("history")
+@click.argument("tasks", nargs=-1)
+@config_option
+@state_dir_option
+@json_option
+@click.option("--status", "statuses", multiple=True, metavar="S[,S]",
+              help=f"Only these statuses (repeatable): {', '.join(STATUSES)}.")
+@click.option("--since", metavar="DURATION|ISO",
+              help="Only rows started that long ago or later (2h, 1d) or at/after this ISO-8601 time.")
+@click.option("--until", metavar="ISO", help="Only rows started at/before this ISO-8601 time.")
+@click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True,
+              help="At most N rows, newest first (0: no limit).")
+@click.option("--all", "all_", is_flag=True, help="Include skipped and missed fires, not only runs.")
+def history_cmd(tasks: tuple[str, ...], config_opt: str | None, state_dir: str | None, as_json: bool,
+                statuses: tuple[str, ...], since: str | None, until: str | None, limit: int, all_: bool) -> None:
+    """Show past runs of all tasks (or of the TASKs named), newest first.
+
+    Reads the history database in the state directory; the daemon need not run. A time without
+    offset is local time. Exit 0 (also when there is no history yet), 1 if it cannot be read.
+    """
+    import time
+
+    wanted = _parse_statuses(statuses)
+    since_t = _parse_since(since, time.time())
+    until_t = None if until is None else _parse_time(until, "--until")
+    # Asking for skipped or missed rows by status means wanting them: no need to add --all too.
+    include_nonruns = all_ or any(s in NONRUN_STATUSES for s in wanted)
+
+    def missing() -> None:
+        if as_json:
+            click.echo("[]")
+        _no_history()
+
+    with _history_db(state_dir, missing) as db:
+        rows = history(db, list(tasks), wanted or None, since_t, until_t, limit or None, include_nonruns)
+    if as_json:
+        click.echo(json.dumps([r.to_json() for r in rows], indent=2))
+        return
+    if not rows:
+        click.echo("no matching runs", err=True)
+        return
+    table = [("RUN", "TASK", "SCHEDULED", "STARTED", "DURATION", "STATUS", "LATE")]
+    for r in rows:
+        late = "-" if r.lateness_ms is None else f"{r.lateness_ms:.0f}"
+        table.append((r.run_id, r.task, _local_time(r.scheduled_at), _local_time(r.started_at),
+                      _run_duration(r.duration_s), _status_text(r), late))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _run_header(row: HistoryRow) -> str:
+    how = ", ".join(([row.trigger] if row.trigger else []) + ([f"attempt {row.attempt}"] if row.attempt > 1 else []))
+    times = [f"started {_local_time(row.started_at)}"]
+    if row.scheduled_at is not None:
+        times.insert(0, f"scheduled {_local_time(row.scheduled_at)}")
+    if row.ended_at is not None:
+        times.append(f"ended {_local_time(row.ended_at)} ({_run_duration(row.duration_s)})")
+    how = f" ({how})" if how else ""
+    return f"=== {row.task} run {row.run_id}{how}: {_status_text(row)}; {', '.join(times)} ==="
+
+
+def _echo_output(row: HistoryRow) -> None:
+    out = row.output
+    assert out is not None  # runs_with_output always reads it
+    if not (out.output_head or out.output_tail or out.output_elided):
+        click.echo("(no output yet: the run is still running)" if row.status == "running" else "(no output)")
+    else:
+        # Raw bytes, as the run printed them: `torch logs t > file` gets the original bytes back.
+        click.echo(out.output_head, nl=False)
+        if out.output_elided > 0:
+            if not out.output_head.endswith(b"\n"):  # head ends mid-line: the marker gets its own line
+                click.echo()
+            click.echo(f"[... {out.output_elided} bytes elided ...]")
+        click.echo(out.output_tail, nl=False)
+        if not (out.output_tail or out.output_head).endswith(b"\n"):
+            click.echo()
+    if out.dropped_bytes > 0:
+        click.echo(f"[... {out.dropped_bytes} more bytes dropped: printed beyond the task's output_limit ...]")
+
+
+def _no_run_message(db: sqlite3.Connection, task: str, run_id: str | None) -> str:
+    """Why `logs` found nothing: a wrong task for the run id, a non-run, or nothing at all."""
+    other = find_row(db, run_id) if run_id is not None else None
+    if other is not None and other.task != task:
+        return f"run {run_id} is a run of task '{other.task}', not of '{task}'"
+    if other is not None:
+        return f"{run_id} is a {other.kind} fire of task '{task}', not a run: it printed nothing"
+    if run_id is not None:
+        return f"no run {run_id} of task '{task}' in the history"
+    if task_exists(db, task):
+        return f"task '{task}' has no runs in the history, only skipped or missed fires (see torch history --all)"
+    return f"no task '{task}' in the history"
+
+
+@cli.command()
+@click.argument("task")
+@config_option
+@state_dir_option
+@click.option("--run", "run_id", metavar="ID", help="The run with this id (default: the last run).")
+@click.option("-n", "count", type=click.IntRange(1, 10000), default=None, help="The last N runs (default 1).")
+def logs(task: str, config_opt: str | None, state_dir: str | None, run_id: str | None, count: int | None) -> None:
+    """Print the captured output of TASK's last run (or of run ID, or of the last N runs, oldest first).
+
+    Each run is preceded by a header line (run id, status, times). Only the first 2 KiB and the last
+    6 KiB of a run's output are kept; a marker line says how much was elided between them.
+    Exit 1 if there is no such task or run; 0 if there is no history yet.
+    """
+    if run_id is not None and count is not None:
+        raise click.UsageError("give --run ID or -n N, not both")
+    with _history_db(state_dir, _no_history) as db:
+        rows = runs_with_output(db, task, run_id, count or 1)
+        if not rows:
+            click.echo(f"torch: {_no_run_message(db, task, run_id)}", err=True)
+            sys.exit(1)
+    for i, row in enumerate(rows):
+        if i:
+            click.echo()
+        click.echo(_run_header(row))
+        _echo_output(row)
 
 
 def main() -> None:

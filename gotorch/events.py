@@ -32,8 +32,12 @@ class Event:
         return self.level
 
     def data(self) -> dict[str, Any]:
-        """The event's fields, in declaration order, `exc` excluded."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "exc"}
+        """The event's fields, in declaration order, without `exc` and the raw `*_ts` epoch times.
+
+        `*_ts` fields are for subscribers that store times (history); people read the ISO fields
+        and the log line's own timestamp.
+        """
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "exc" and not f.name.endswith("_ts")}
 
 
 # --- runs (published by the runner) ----------------------------------------------------------------
@@ -49,6 +53,10 @@ class RunStarted(Event):
     pid: int
     scheduled_at: str | None
     lateness_ms: float | None
+    trigger: str = "schedule"  # schedule | reboot | manual | retry | restart (a daemon task's copy)
+    attempt: int = 1
+    scheduled_ts: float | None = None
+    started_ts: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,17 +96,19 @@ class RunEnded(Event):
     output_bytes: int
     dropped_bytes: int
     error: str | None = None
+    trigger: str = "schedule"
+    attempt: int = 1
+    scheduled_ts: float | None = None
+    cpu_s: float | None = None  # the direct child's rusage (with the children it waited for)
+    max_rss_kb: int | None = None
 
     def severity(self) -> Level:
         """ok and killed (on request) are news; failures are warnings."""
         return "info" if self.status in ("ok", "killed") else "warning"
 
     def data(self) -> dict[str, Any]:
-        """Fields, without `error` when there is none (as the log always had it)."""
-        out = Event.data(self)
-        if out["error"] is None:
-            del out["error"]
-        return out
+        """Fields, without those that are None (as the log always had `error`)."""
+        return {k: v for k, v in Event.data(self).items() if v is not None or k in ("pid", "exit_code", "signal")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +194,7 @@ class Skipped(Event):
     detail: str | None = None
     running: int | None = None
     max_instances: int | None = None
+    blocking_run: str | None = None  # for max_instances: a run in the way
 
     def data(self) -> dict[str, Any]:
         """Fields that apply to the reason (None ones left out)."""
@@ -442,6 +453,15 @@ class ReloadApplied(Event):
             if len(names) > LOGGED_NAMES:
                 out[f"{key}_count"] = len(names)
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryError(Event):
+    """The history database could not be written (full disk, read-only, corrupt...); firing goes on."""
+
+    name: ClassVar[str] = "history.error"
+    level: ClassVar[Level] = "error"
+    message: str
 
 
 # --- the bus ------------------------------------------------------------------------------------------

@@ -101,6 +101,9 @@ class RunSpec:
     kill_timeout: float = 10.0
     output_limit: int = 65536
     scheduled_ts: float | None = None  # epoch seconds of the scheduled boundary
+    # Why the run exists and which try it is: passed through to the events, not interpreted here.
+    trigger: str = "schedule"
+    attempt: int = 1
 
 
 RunStatus = Literal["ok", "failed", "timeout", "killed"]
@@ -275,9 +278,9 @@ class Run:
     """
 
     __slots__ = (
-        "_exit_mono", "_grace_handle", "_start_mono", "_streams",
-        "_timeout_handle", "cause", "dropped_bytes", "ended", "exit_status", "exited",
-        "output_bytes", "pid", "popen", "scheduled_at", "spec", "started_at",
+        "_exit_mono", "_grace_handle", "_start_mono", "_streams", "_timeout_handle", "cause", "cpu_s",
+        "dropped_bytes", "ended", "exit_status", "exited", "max_rss_kb", "output_bytes", "pid", "popen",
+        "scheduled_at", "spec", "started_at",
     )
 
     def __init__(self, spec: RunSpec, popen: subprocess.Popen[bytes] | None, pid: int,
@@ -290,6 +293,8 @@ class Run:
         self.exited = False
         self.ended = False
         self.exit_status: int | None = None  # raw wait status of the direct child
+        self.cpu_s: float | None = None
+        self.max_rss_kb: int | None = None
         # Why we signalled it, if we did before it exited: decides timeout/killed over ok/failed.
         self.cause: Literal["timeout", "killed"] | None = None
         self.output_bytes = 0
@@ -407,13 +412,15 @@ class Runner:
         # Published on the next loop turn so runs firing on the same boundary are all spawned before
         # any subscriber pays for formatting a log line; it still precedes any output.
         self._loop.call_soon(self._bus.publish,
-                             RunStarted(spec.task, spec.run_id, run.pid, run.scheduled_at, lateness))
+                             RunStarted(spec.task, spec.run_id, run.pid, run.scheduled_at, lateness,
+                                        spec.trigger, spec.attempt, spec.scheduled_ts, started_at))
         return run
 
     def _spawn_failed(self, spec: RunSpec, error: str) -> None:
         run = Run(spec, None, 0, time.time(), time.monotonic())
         run.exited = run.ended = True
-        result = RunEnded(spec.task, spec.run_id, None, "failed", None, None, 0.0, 0, 0, error)
+        result = RunEnded(spec.task, spec.run_id, None, "failed", None, None, 0.0, 0, 0, error,
+                          spec.trigger, spec.attempt, spec.scheduled_ts)
         self._bus.publish(result)
         self._call_on_end(run, result)
 
@@ -521,7 +528,7 @@ class Runner:
         """
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             except InterruptedError:
@@ -532,11 +539,14 @@ class Runner:
             if run is None:
                 self._bus.publish(OrphanReaped(pid, status))
                 continue
-            self._on_exit(run, status)
+            self._on_exit(run, status, usage)
 
-    def _on_exit(self, run: Run, status: int) -> None:
+    def _on_exit(self, run: Run, status: int, usage: Any = None) -> None:
         run.exited = True
         run.exit_status = status
+        if usage is not None:  # the direct child's own rusage (and that of children it waited for)
+            run.cpu_s = round(usage.ru_utime + usage.ru_stime, 3)
+            run.max_rss_kb = int(usage.ru_maxrss)  # kilobytes on Linux
         run._exit_mono = time.monotonic()
         if run.popen is not None:
             # Popen must never wait for this pid itself: once reaped, the number may be reused.
@@ -598,7 +608,8 @@ class Runner:
         if run.spec.run_id in self._escalations:
             self._settle_escalation(run)
         result = RunEnded(run.spec.task, run.spec.run_id, run.pid, status, exit_code, sig, duration,
-                          run.output_bytes, run.dropped_bytes, error)
+                          run.output_bytes, run.dropped_bytes, error, run.spec.trigger, run.spec.attempt,
+                          run.spec.scheduled_ts, run.cpu_s, run.max_rss_kb)
         self._bus.publish(result)
         self._call_on_end(run, result)
 

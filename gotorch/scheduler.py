@@ -276,8 +276,10 @@ class Scheduler:
             return
         busy = self.runner.running_count(task.name) + self.delayed.pending(task.name)
         if busy >= task.max_instances:
+            # The oldest run of the task is the one in the way (a skip is rare: a scan is fine).
+            blocking = next((r.spec.run_id for r in self.runner.runs.values() if r.spec.task == task.name), None)
             self.bus.publish(Skipped(task.name, _iso(fire.scheduled), "max_instances", running=busy,
-                                     max_instances=task.max_instances))
+                                     max_instances=task.max_instances, blocking_run=blocking))
             return
         if fire.caught_up:
             self.bus.publish(CaughtUp(task.name, _iso(fire.scheduled), round(time.time() - fire.scheduled, 3)))
@@ -293,7 +295,7 @@ class Scheduler:
         if self.delayed.take(task.name, token) and task.name in self.states and not self.stopping:
             self._start(task, scheduled)
 
-    def _start(self, task: Task, scheduled: int | None) -> None:
+    def _start(self, task: Task, scheduled: int | None, trigger: str | None = None) -> None:
         # Globally unique, not just per daemon: the runner finds escaped processes by TORCH_RUN_ID, and
         # a run id shared with another daemon (or a previous one's leftovers) would get them killed too.
         run_id = f"{self._id_prefix}{next(self._seq):x}"
@@ -303,6 +305,7 @@ class Scheduler:
             workdir=task.workdir, user=task.user, group=task.group, timeout=task.timeout,
             kill_timeout=task.kill_timeout, output_limit=task.output_limit,
             scheduled_ts=float(scheduled) if scheduled is not None else None,
+            trigger=trigger or _trigger_of(task),
         )
         if scheduled is not None:
             st = self.states.get(task.name)
@@ -349,6 +352,13 @@ class Scheduler:
     async def wait_stopped(self) -> None:
         """Return once a stop was requested and every run has ended."""
         await self._done
+
+
+def _trigger_of(task: Task) -> str:
+    """Why a run of `task` starts, when nobody asked for it by hand: its schedule, or being kept running."""
+    if task.type == "daemon":
+        return "restart"
+    return "reboot" if task.schedule is not None and task.schedule.kind == "reboot" else "schedule"
 
 
 def _iso(ts: float) -> str:

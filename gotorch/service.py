@@ -19,6 +19,7 @@ import contextlib
 import gc
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from gotorch.events import (
     DaemonFailed,
     DaemonStarted,
     DaemonStopped,
+    HistoryError,
     HostAddressesChanged,
     LogReopened,
     ReloadApplied,
@@ -44,6 +46,8 @@ from gotorch.events import (
     TaskNotHere,
     WatchStarted,
 )
+from gotorch.history.recorder import Recorder
+from gotorch.history.writer import HistoryWriter
 from gotorch.hosts import IPAddress, host_addresses, match
 from gotorch.loader import LoadFailed, load_in_child
 from gotorch.runner import clear_caches, set_child_subreaper
@@ -52,6 +56,7 @@ from gotorch.watcher import FileWatcher
 
 # Retry a reload that failed for a transient reason (file briefly missing, I/O error, no memory for the
 # loader) after 1 s, doubling to at most a minute, until one succeeds or the file is invalid.
+HISTORY_FILE = "history.db"
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 60.0
 # Fork the reload's child only before this fraction of a second has passed (see _reload).
@@ -119,6 +124,8 @@ class Service:
         self._retry_delay = 0.0
         self._half_applied = False
         self._retry_at = 0.0
+        self.history: HistoryWriter | None = None
+        self.recorder: Recorder | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.scheduler: Scheduler | None = None
         self.watcher: FileWatcher | None = None
@@ -146,6 +153,7 @@ class Service:
         # Everything that can fail at start-up (socket, watcher) comes before the first run starts:
         # a daemon that dies during start-up must not leave runs (or a fired @reboot) behind.
         server = await control.serve(self.paths.socket, self.handle_request)
+        self._start_history(loop)
         try:
             if self.watch:
                 self.watcher = FileWatcher(loop, self.config_path, lambda: self.request_reload("file"))
@@ -179,11 +187,30 @@ class Service:
             if self.watcher is not None:
                 self.watcher.stop()
             await sched.wait_stopped()
+            await self._stop_history(loop)
             server.close()
             with contextlib.suppress(OSError):
                 self.paths.socket.unlink()
         self.bus.publish(DaemonStopped(os.getpid()))
         return 0
+
+    def _start_history(self, loop: asyncio.AbstractEventLoop) -> None:
+        """STATE/history.db: a writer thread fed by a bus subscriber; runs left open by a crash are lost."""
+        def on_error(message: str) -> None:  # writer thread
+            with contextlib.suppress(RuntimeError):  # the loop may be closed already
+                loop.call_soon_threadsafe(self.bus.publish, HistoryError(message))
+
+        self.history = HistoryWriter(self.paths.state_dir / HISTORY_FILE, on_error)
+        self.history.start()
+        self.recorder = Recorder(self.history, socket.gethostname())
+        self.recorder.set_config(self.generation.number, self.config.short_hash)
+        self.recorder.close_lost_runs()  # before the first run of this daemon starts
+        self.bus.subscribe(self.recorder)
+
+    async def _stop_history(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Flush and close the history off the loop (a commit may take a while)."""
+        if self.history is not None and not await loop.run_in_executor(None, self.history.close):
+            self.bus.publish(HistoryError("history.close_timeout: rows still queued at stop were not written"))
 
     def _cancel_reload(self) -> None:
         """Stop never waits for a reload: cancelling it kills its child process."""
@@ -315,6 +342,8 @@ class Service:
             gc.freeze()
             self.generation = Generation(self.generation.number + 1, config.digest, time.time(),
                                          plan.added, plan.removed, plan.changed)
+            if self.recorder is not None:
+                self.recorder.set_config(self.generation.number, config.short_hash)
             self.last_reload = ReloadResult(True, time.time(), trigger)
             self.bus.publish(ReloadApplied(trigger, self.generation.number, config.short_hash, plan.added,
                                            plan.removed, plan.changed, len(self.scheduler.states),

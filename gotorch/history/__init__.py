@@ -1,0 +1,8 @@
+"""Run history: every run and every non-run in SQLite (STATE/history.db).
+
+schema   the tables, their version and the forward migrations
+rows     what the recorder hands the writer: one insert or update per fact
+writer   the one thread that writes (batched commits, bounded queue, never blocks the loop)
+recorder the event-bus subscriber that turns events into rows (in the loop)
+query    read-only queries for `torch history`, `torch logs`, `torch why`
+"""

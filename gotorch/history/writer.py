@@ -1,0 +1,511 @@
+"""The one thread that writes STATE/history.db: a bounded queue in, batched transactions out.
+
+The event loop must never wait for the disk, so `put` only appends to a bounded queue and the
+writer's own thread does everything else: creating and opening the database, migrating it,
+batching rows into one transaction each, and surviving what disks do (full, read-only, a corrupt
+file, a file removed under it). History is worth less than scheduling: when it cannot be written,
+rows are counted as `dropped`, the failure is reported, and the writer tries again later.
+
+Reports go through `on_error(message)`, called from the writer's thread, one line each, starting
+with a stable word so the daemon can tell them apart:
+
+    history.open_failed:  the database could not be opened (rows are dropped until it can)
+    history.corrupt:      the file was not a database, or was damaged; it was renamed aside
+    history.replaced:     the file was removed or replaced under the writer; it was opened again
+    history.no_wal:       the filesystem refused WAL mode; history works, but readers block the writer
+    history.write_failed: a batch could not be committed (its rows are dropped)
+    history.row_failed:   one row was refused (e.g. a duplicate run id); the rest of its batch is kept
+    history.recovered:    writing works again after one of the failures above
+
+Each distinct failure is reported at most once a minute, so a full disk does not flood the log.
+
+Anything else that changes the database (retention, for one) belongs in this thread too, so the
+database keeps a single writer: it would be another value through the same queue, handled by
+`_apply`, inside the same batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from gotorch import trustedfs
+from gotorch.history import schema
+from gotorch.history.rows import NonRun, Row, RunBegan, RunFinished, RunsLost
+
+FILE_MODE = 0o640
+# Short: the only other users of the database are readers (`torch history`), which WAL lets run
+# beside the writer; a lock held longer than this is someone else's mistake, and waiting for it
+# would only let the queue fill up.
+BUSY_TIMEOUT_MS = 1000
+REPORT_EVERY = 60.0  # seconds between two reports of the same failure
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+_COMPANIONS = ("-wal", "-shm")  # SQLite's own files beside the database, in WAL mode
+
+_INSERT_BEGAN = """
+INSERT OR REPLACE INTO runs (run_id, task, kind, trigger, attempt, scheduled_at, started_at, host, pid,
+                             status, lateness_ms, generation, config_hash)
+VALUES (?, ?, 'run', ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)
+"""
+_UPDATE_FINISHED = """
+UPDATE runs SET ended_at = ?, status = ?, exit_code = ?, signal = ?, duration_s = ?, cpu_s = ?, max_rss_kb = ?,
+                output_head = ?, output_tail = ?, output_elided = ?, output_bytes = ?, dropped_bytes = ?, error = ?
+WHERE run_id = ?
+"""
+_INSERT_FINISHED = """
+INSERT OR REPLACE INTO runs (run_id, task, kind, trigger, scheduled_at, started_at, ended_at, host, status,
+                             exit_code, signal, duration_s, cpu_s, max_rss_kb, generation, config_hash,
+                             output_head, output_tail, output_elided, output_bytes, dropped_bytes, error)
+VALUES (?, ?, 'run', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_INSERT_NONRUN = """
+INSERT INTO runs (run_id, task, kind, scheduled_at, started_at, host, status, reason, detail,
+                  missed_first, missed_last, missed_count, generation, config_hash)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_MARK_LOST = "UPDATE runs SET status = 'lost', ended_at = ?, error = ? WHERE status = 'running'"
+
+
+class _Corrupt(Exception):
+    """The database file is not a database, or is damaged."""
+
+
+def _is_corrupt(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.DatabaseError) and code is not None and (code & 0xFF) in (
+        _SQLITE_CORRUPT, _SQLITE_NOTADB)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _bounded_output(row: RunFinished) -> tuple[bytes, bytes, int]:
+    """Head and tail cut to the schema's sizes, with whatever was cut counted as elided.
+
+    The recorder already keeps them within bounds; this keeps one oversized row from bloating the
+    database if it ever does not, and keeps the byte accounting true when it happens.
+    """
+    head, tail = row.output_head, row.output_tail
+    cut = max(0, len(head) - schema.HEAD_BYTES) + max(0, len(tail) - schema.TAIL_BYTES)
+    if cut:
+        head = head[:schema.HEAD_BYTES]
+        tail = tail[-schema.TAIL_BYTES:]
+    return head, tail, row.output_elided + cut
+
+
+class HistoryWriter:
+    """The one thread that writes the history database; `put` rows from anywhere, never blocking.
+
+    Counters (`written`, `dropped`, `queued`, `commits`) may be read from any thread.
+    """
+
+    def __init__(self, path: Path, on_error: Callable[[str], None], *, max_queue: int = 10_000,
+                 batch_rows: int = 500, batch_seconds: float = 1.0, retry_seconds: float = 5.0) -> None:
+        """Prepare a writer for the database at `path`; nothing is opened until `start`.
+
+        `on_error` receives one-line reports from the writer's thread (see the module doc).
+        A batch is committed when `batch_rows` rows are pending or `batch_seconds` after its first
+        row; an unopenable database is tried again every `retry_seconds`.
+        """
+        self.path = Path(path)
+        self._on_error = on_error
+        self._batch_rows = max(1, batch_rows)
+        self._batch_seconds = batch_seconds
+        self._retry_seconds = retry_seconds
+        # None is only a wake-up call from close(); rows are never None.
+        self._queue: queue.Queue[Row | None] = queue.Queue(maxsize=max(1, max_queue))
+        self._lock = threading.Lock()
+        self._accepted = 0
+        self._written = 0
+        self._dropped = 0
+        self._dropped_in_writer = 0  # of `_dropped`: rows accepted by put, then lost
+        self._commits = 0
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
+        # Writer-thread state only:
+        self._db: sqlite3.Connection | None = None
+        self._inode: tuple[int, int] | None = None
+        self._next_open = 0.0
+        self._reported: dict[str, float] = {}
+        self._failing = False  # a failure was reported and no success since: report the recovery
+
+    # -- any thread -------------------------------------------------------------------------------
+
+    @property
+    def written(self) -> int:
+        """Rows committed to the database."""
+        with self._lock:
+            return self._written
+
+    @property
+    def dropped(self) -> int:
+        """Rows lost: refused by a full queue (or after close), or in a batch that could not be committed."""
+        with self._lock:
+            return self._dropped
+
+    @property
+    def queued(self) -> int:
+        """Rows accepted by `put` and neither written nor dropped yet (in the queue or a pending batch)."""
+        with self._lock:
+            return self._accepted - self._written - self._dropped_in_writer
+
+    @property
+    def commits(self) -> int:
+        """Transactions committed (one per batch)."""
+        with self._lock:
+            return self._commits
+
+    def start(self) -> None:
+        """Start the writer's thread, which opens (or creates) the database itself."""
+        if self._thread is not None:
+            raise RuntimeError("HistoryWriter.start() called twice")
+        self._thread = threading.Thread(target=self._run, name="history-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, row: Row) -> bool:
+        """Queue `row` for writing; never blocks. False (and counted in `dropped`) if the queue is full."""
+        if not self._closing.is_set():
+            with self._lock:  # counted first, so `queued` never goes below zero
+                self._accepted += 1
+            try:
+                self._queue.put_nowait(row)
+                return True
+            except queue.Full:
+                with self._lock:
+                    self._accepted -= 1
+        with self._lock:
+            self._dropped += 1
+        return False
+
+    def close(self, timeout: float = 5.0) -> bool:
+        """Write what is queued, close the database and stop the thread, waiting at most `timeout` seconds.
+
+        Returns False if the thread was still busy when the time ran out: it is a daemon thread, so
+        it cannot hold up the process's exit, and whatever it had not written by then is lost.
+        Rows still queued when the thread is gone (or was never started) are counted as dropped.
+        """
+        self._closing.set()
+        thread = self._thread
+        if thread is not None:
+            with contextlib.suppress(queue.Full):  # a full queue wakes the thread anyway
+                self._queue.put_nowait(None)
+            thread.join(timeout)
+            if thread.is_alive():
+                return False
+        self._drop_leftovers()
+        return True
+
+    def _drop_leftovers(self) -> None:
+        while True:
+            try:
+                row = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if row is not None:
+                self._count_dropped(1)
+
+    def _count_dropped(self, n: int) -> None:
+        with self._lock:
+            self._dropped += n
+            self._dropped_in_writer += n
+
+    # -- the writer's thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        pending: list[Row] = []
+        first_at = 0.0  # monotonic time of the first pending row
+        try:
+            self._open()
+            while not self._closing.is_set():
+                timeout: float | None = None
+                now = time.monotonic()
+                if pending:
+                    timeout = max(0.0, first_at + self._batch_seconds - now)
+                if self._db is None:
+                    wait = max(0.0, self._next_open - now)
+                    timeout = wait if timeout is None else min(timeout, wait)
+                try:
+                    row = self._queue.get(timeout=timeout)
+                except queue.Empty:
+                    row = None
+                if row is not None:
+                    if not pending:
+                        first_at = time.monotonic()
+                    pending.append(row)
+                if self._db is None and time.monotonic() >= self._next_open:
+                    self._open()
+                if pending and (len(pending) >= self._batch_rows
+                                or time.monotonic() - first_at >= self._batch_seconds):
+                    self._commit(pending)
+                    pending = []
+            # Closing: one more try to open (the stop should not wait for the retry timer), then
+            # write everything already queued. put() refuses new rows from now on.
+            if self._db is None:
+                self._open()
+            while True:
+                with contextlib.suppress(queue.Empty):
+                    while len(pending) < self._batch_rows:
+                        row = self._queue.get_nowait()
+                        if row is not None:
+                            pending.append(row)
+                if not pending:
+                    break
+                self._commit(pending)
+                pending = []
+        except BaseException as exc:  # a bug here must not vanish silently with the thread
+            self._count_dropped(len(pending))
+            self._report("crashed", f"history.write_failed: the history writer stopped: {_one_line(exc)}", force=True)
+            raise
+        finally:
+            self._close_db()
+
+    def _report(self, key: str, message: str, *, force: bool = False) -> None:
+        """Pass `message` to on_error, unless the failure `key` was reported less than a minute ago."""
+        now = time.monotonic()
+        last = self._reported.get(key)
+        if not force and last is not None and now - last < REPORT_EVERY:
+            return
+        self._reported[key] = now
+        # A failing reporter (the loop already closed, say) must not stop the writer.
+        with contextlib.suppress(Exception):
+            self._on_error(message)
+
+    def _failed(self, key: str, message: str) -> None:
+        self._failing = True
+        self._report(key, message)
+
+    def _succeeded(self) -> None:
+        if self._failing:
+            self._failing = False
+            # Rate-limited too: a failure that comes and goes reports at most twice a minute.
+            self._report("recovered", f"history.recovered: writing {self.path} again "
+                                      f"({self.dropped} history rows dropped since torch started)")
+
+    # -- opening ----------------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        """Open the database, or report why not and schedule the next try; never raises OSError/sqlite3.Error."""
+        self._next_open = time.monotonic() + self._retry_seconds
+        try:
+            try:
+                self._db = self._connect()
+            except _Corrupt as exc:
+                aside = self._rename_aside()
+                self._report("corrupt", f"history.corrupt: {self.path} is damaged ({exc}); moved it to "
+                                        f"{aside.name} and started a new history", force=True)
+                self._db = self._connect()
+        except (OSError, sqlite3.Error, ValueError, trustedfs.Untrusted, _Corrupt) as exc:
+            self._db = None
+            self._failed("open:" + _one_line(exc), f"history.open_failed: cannot open {self.path}: "
+                                                   f"{_one_line(exc)}; history rows are dropped until it "
+                                                   f"can (trying again every {self._retry_seconds:g} s)")
+            return
+        self._succeeded()
+
+    def _prepare_file(self, path: Path, *, create: bool) -> tuple[int, int] | None:
+        """Create (or check) one of the database's files without following a symlink; return its inode.
+
+        A file torch creates gets exactly FILE_MODE, whatever the umask. An existing one must be a
+        regular file of ours with a single link (trustedfs.open_state_file); its mode is left alone.
+        """
+        name = str(path)
+        created = False
+        try:
+            if create:
+                try:
+                    fd = trustedfs.open_state_file(name, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE)
+                    created = True
+                except FileExistsError:
+                    fd = trustedfs.open_state_file(name, os.O_RDWR)
+            else:
+                fd = trustedfs.open_state_file(name, os.O_RDWR)
+        except FileNotFoundError:
+            if create:
+                raise
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink
+                raise trustedfs.Untrusted(name, "is a symlink: torch does not write its state through symlinks",
+                                          f"remove {name} (torch recreates it)") from None
+            raise
+        try:
+            if created:
+                os.fchmod(fd, FILE_MODE)
+            st = os.fstat(fd)
+        finally:
+            # Closed before SQLite opens the file: closing any descriptor of a file drops every
+            # POSIX lock this process holds on it, SQLite's included.
+            os.close(fd)
+        return st.st_dev, st.st_ino
+
+    def _connect(self) -> sqlite3.Connection:
+        """Make the files safely, connect, set WAL, check integrity and migrate; raise _Corrupt for a bad file."""
+        inode = self._prepare_file(self.path, create=True)
+        for suffix in _COMPANIONS:
+            # Made (or checked) here so that SQLite, which follows symlinks, finds our own files.
+            self._prepare_file(Path(f"{self.path}{suffix}"), create=True)
+        self._prepare_file(Path(f"{self.path}-journal"), create=False)  # only used before WAL is on
+        db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
+                             timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            try:
+                mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable to the last checkpoint
+                db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                check = db.execute("PRAGMA quick_check(1)").fetchone()[0]
+            except sqlite3.DatabaseError as exc:
+                if _is_corrupt(exc):
+                    raise _Corrupt(_one_line(exc)) from exc
+                raise
+            if check != "ok":
+                raise _Corrupt(f"integrity check: {check}")
+            # The path must still name the inode we checked: SQLite itself follows symlinks, so
+            # this catches a swap between our checks and its open (only a trusted user could do it,
+            # since the state directory is checked, but then nothing is written through it).
+            st = os.lstat(self.path)
+            if (st.st_dev, st.st_ino) != inode:
+                raise trustedfs.Untrusted(str(self.path), "was replaced while being opened", "check who else "
+                                                                                            "writes there")
+            if str(mode).lower() != "wal":
+                self._report("nowal", f"history.no_wal: {self.path}: WAL mode is not available here "
+                                      f"(journal mode {mode}); history still works, but readers block the writer")
+            try:
+                schema.migrate(db)
+            except sqlite3.DatabaseError as exc:
+                if _is_corrupt(exc):
+                    raise _Corrupt(_one_line(exc)) from exc
+                raise
+        except BaseException:
+            db.close()
+            raise
+        self._inode = inode
+        return db
+
+    def _rename_aside(self) -> Path:
+        """Move the damaged database and its companions to `history.db.corrupt-<UTC time>` (kept, not deleted)."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        suffixes = ("", *_COMPANIONS, "-journal")
+        base = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 0
+        while any(os.path.lexists(f"{base}{s}") for s in suffixes):
+            n += 1
+            base = self.path.with_name(f"{self.path.name}.corrupt-{stamp}.{n}")
+        for s in suffixes:
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(f"{self.path}{s}", f"{base}{s}")
+        return base
+
+    def _close_db(self) -> None:
+        db, self._db, self._inode = self._db, None, None
+        if db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                db.close()
+
+    def _still_ours(self) -> bool:
+        """Whether the path still names the file we have open (an admin may have removed or moved it)."""
+        try:
+            st = os.lstat(self.path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._inode
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def _commit(self, batch: list[Row]) -> None:
+        """Write `batch` in one transaction; on failure report it and count its rows as dropped."""
+        if self._db is not None and not self._still_ours():
+            self._close_db()
+            self._report("replaced", f"history.replaced: {self.path} was removed or replaced; opening it again")
+            self._open()
+        db = self._db
+        if db is None:
+            self._count_dropped(len(batch))  # the open failure was reported already
+            return
+        applied = 0
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for row in batch:
+                    applied += self._apply_one(db, row)
+                db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise
+        except (sqlite3.Error, OSError) as exc:
+            self._count_dropped(len(batch))
+            if _is_corrupt(exc):
+                self._close_db()
+                aside = self._rename_aside_safely()
+                # Reported whatever the rate limit says, as when it is found on open: history was lost.
+                self._report("corrupt", f"history.corrupt: {self.path} is damaged ({_one_line(exc)}); "
+                                        f"{len(batch)} rows dropped; moved it to {aside} and starting a new "
+                                        "history", force=True)
+                self._open()
+                return
+            self._failed("write:" + _one_line(exc), f"history.write_failed: cannot write to {self.path}: "
+                                                    f"{_one_line(exc)}; {len(batch)} rows dropped (the next "
+                                                    "batches will try again)")
+            return
+        with self._lock:
+            self._written += applied
+            self._dropped += len(batch) - applied
+            self._dropped_in_writer += len(batch) - applied
+            self._commits += 1
+        self._succeeded()
+
+    def _rename_aside_safely(self) -> str:
+        try:
+            return self._rename_aside().name
+        except OSError as exc:
+            return f"nowhere ({_one_line(exc)})"
+
+    def _apply_one(self, db: sqlite3.Connection, row: Row) -> int:
+        """Apply one row; 1 if done, 0 if this row alone was refused (reported, the batch goes on).
+
+        SQLite undoes just the failing statement on a constraint error, so one bad row (a duplicate
+        run id, a value of the wrong type) costs only itself. Errors of the database itself
+        (full, I/O, corrupt) are raised and fail the whole batch.
+        """
+        try:
+            self._apply(db, row)
+        except (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError, OverflowError) as exc:
+            self._failed("row:" + type(exc).__name__, f"history.row_failed: {type(row).__name__} "
+                                                      f"{getattr(row, 'run_id', '')} not recorded: {_one_line(exc)}")
+            return 0
+        return 1
+
+    def _apply(self, db: sqlite3.Connection, row: Row) -> None:
+        """The SQL for one row value."""
+        if isinstance(row, RunBegan):
+            db.execute(_INSERT_BEGAN, (row.run_id, row.task, row.trigger, row.attempt, row.scheduled_at,
+                                       row.started_at, row.host, row.pid, row.lateness_ms, row.generation,
+                                       row.config_hash))
+        elif isinstance(row, RunFinished):
+            head, tail, elided = _bounded_output(row)
+            cur = db.execute(_UPDATE_FINISHED, (row.ended_at, row.status, row.exit_code, row.signal, row.duration_s,
+                                                row.cpu_s, row.max_rss_kb, head, tail, elided, row.output_bytes,
+                                                row.dropped_bytes, row.error, row.run_id))
+            if cur.rowcount == 0:  # no RunBegan row: the spawn failed, or its RunBegan was dropped
+                db.execute(_INSERT_FINISHED, (row.run_id, row.task, row.trigger, row.scheduled_at,
+                                              row.ended_at - row.duration_s, row.ended_at, row.host, row.status,
+                                              row.exit_code, row.signal, row.duration_s, row.cpu_s, row.max_rss_kb,
+                                              row.generation, row.config_hash, head, tail, elided,
+                                              row.output_bytes, row.dropped_bytes, row.error))
+        elif isinstance(row, NonRun):
+            db.execute(_INSERT_NONRUN, (row.run_id, row.task, row.kind, row.scheduled_at, row.at, row.host,
+                                        row.kind, row.reason, row.detail, row.missed_first, row.missed_last,
+                                        row.missed_count, row.generation, row.config_hash))
+        elif isinstance(row, RunsLost):
+            db.execute(_MARK_LOST, (row.ended_at, row.error))
+        else:
+            raise sqlite3.ProgrammingError(f"not a history row: {row!r}")
