@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import queue
 import sqlite3
@@ -222,14 +223,14 @@ class HistoryWriter:
 
     def _run(self) -> None:
         pending: list[Row] = []
-        first_at = 0.0  # monotonic time of the first pending row
+        due = 0.0  # monotonic time at which the pending rows are committed
         try:
             self._open()
             while not self._closing.is_set():
                 timeout: float | None = None
                 now = time.monotonic()
                 if pending:
-                    timeout = max(0.0, first_at + self._batch_seconds - now)
+                    timeout = max(0.0, due - now)
                 if self._db is None:
                     wait = max(0.0, self._next_open - now)
                     timeout = wait if timeout is None else min(timeout, wait)
@@ -239,12 +240,11 @@ class HistoryWriter:
                     row = None
                 if row is not None:
                     if not pending:
-                        first_at = time.monotonic()
+                        due = time.monotonic() + _mid_second_delay(self._batch_seconds)
                     pending.append(row)
                 if self._db is None and time.monotonic() >= self._next_open:
                     self._open()
-                if pending and (len(pending) >= self._batch_rows
-                                or time.monotonic() - first_at >= self._batch_seconds):
+                if pending and (len(pending) >= self._batch_rows or time.monotonic() >= due):
                     self._commit(pending)
                     pending = []
             # Closing: one more try to open (the stop should not wait for the retry timer), then
@@ -509,3 +509,16 @@ class HistoryWriter:
             db.execute(_MARK_LOST, (row.ended_at, row.error))
         else:
             raise sqlite3.ProgrammingError(f"not a history row: {row!r}")
+
+
+def _mid_second_delay(batch_seconds: float) -> float:
+    """Seconds until the next commit: about `batch_seconds`, landing half-way between two seconds.
+
+    Runs start on second boundaries, so "1 s after the first row" would commit right on the next
+    boundary, and the commit's Python work would compete with that second's fires for the GIL.
+    """
+    if batch_seconds < 1.0:  # too short to choose where in the second it falls
+        return batch_seconds
+    now = time.time()
+    # The .5 mark of the second that holds now + batch_seconds - 0.5: a delay in (batch_seconds - 1, batch_seconds].
+    return math.floor(now + batch_seconds - 0.5) + 0.5 - now
