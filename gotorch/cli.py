@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator
@@ -716,19 +717,34 @@ def _run_header(row: HistoryRow) -> str:
     return f"=== {row.task} run {row.run_id}{how}: {_status_text(row)}; {', '.join(times)} ==="
 
 
+_CONTROL = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def terminal_safe(data: bytes) -> bytes:
+    """`data` with control bytes other than newline and tab written as \\xNN (as journalctl shows them)."""
+    return _CONTROL.sub(lambda m: b"\\x%02x" % m.group()[0], data)
+
+
+def _stdout_is_tty() -> bool:
+    return sys.stdout.isatty()
+
+
 def _echo_output(row: HistoryRow) -> None:
     out = row.output
     assert out is not None  # runs_with_output always reads it
     if not (out.output_head or out.output_tail or out.output_elided):
         click.echo("(no output yet: the run is still running)" if row.status == "running" else "(no output)")
     else:
-        # Raw bytes, as the run printed them: `torch logs t > file` gets the original bytes back.
-        click.echo(out.output_head, nl=False)
+        # Raw bytes, as the run printed them: `torch logs t > file` gets the original bytes back. On a
+        # terminal, control bytes are shown escaped: a task's output (possibly another user's data)
+        # must not drive the operator's terminal with escape sequences.
+        shown = terminal_safe if _stdout_is_tty() else bytes
+        click.echo(shown(out.output_head), nl=False)
         if out.output_elided > 0:
             if not out.output_head.endswith(b"\n"):  # head ends mid-line: the marker gets its own line
                 click.echo()
             click.echo(f"[... {out.output_elided} bytes elided ...]")
-        click.echo(out.output_tail, nl=False)
+        click.echo(shown(out.output_tail), nl=False)
         if not (out.output_tail or out.output_head).endswith(b"\n"):
             click.echo()
     if out.dropped_bytes > 0:

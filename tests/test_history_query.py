@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+import gotorch.cli as cli_module
 from gotorch.cli import cli
 from gotorch.history import query, schema
 from gotorch.history.query import HistoryRow, HistoryUnreadable, history, open_readonly, runs_with_output
@@ -485,6 +486,19 @@ def test_logs_keeps_raw_bytes(state: Path, db: sqlite3.Connection) -> None:
     add_output(db, T0, b"caf\xc3\xa9 \xff\xfe\n")
     r = run_cli(state, "logs", "backup")
     assert b"caf\xc3\xa9 \xff\xfe\n" in r.stdout_bytes
+
+
+def test_logs_escapes_terminal_control_sequences_on_a_terminal(state: Path, db: sqlite3.Connection,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # A task's output may be another user's data: on an operator's terminal, an escape sequence
+    # (retitle the window, clear the screen, fake a prompt) must show as text, not act.
+    add_output(db, T0, b"ok\tfine \x1b]0;pwned\x07\x1b[2J done\n")
+    monkeypatch.setattr(cli_module, "_stdout_is_tty", lambda: True)
+    r = run_cli(state, "logs", "backup")
+    assert b"ok\tfine \\x1b]0;pwned\\x07\\x1b[2J done\n" in r.stdout_bytes
+    assert b"\x1b" not in r.stdout_bytes and b"\x07" not in r.stdout_bytes
+    monkeypatch.setattr(cli_module, "_stdout_is_tty", lambda: False)
+    assert b"\x1b]0;pwned\x07" in run_cli(state, "logs", "backup").stdout_bytes  # a pipe gets the raw bytes
 
 
 def test_logs_run_and_n(state: Path, db: sqlite3.Connection) -> None:
