@@ -23,7 +23,6 @@ from gotorch import __version__
 from gotorch.config import Config, ConfigError, ConfigInvalid, Task, load_config
 from gotorch.durations import format_duration, parse_duration
 from gotorch.history.query import (
-    DB_NAME,
     NONRUN_STATUSES,
     STATUSES,
     HistoryRow,
@@ -566,7 +565,7 @@ def status(config_opt: str | None, state_dir: str | None, as_json: bool) -> None
 def _history_path(state_dir: str | None) -> Path:
     from gotorch.daemon import resolve_paths
 
-    return resolve_paths(state_dir).state_dir / DB_NAME
+    return resolve_paths(state_dir).history
 
 
 @contextlib.contextmanager

@@ -701,8 +701,7 @@ def read_task_file(path: str | Path, trust_euid: int | None = None) -> FileBytes
     try:
         return read_file(p, os.geteuid() if trust_euid is None else trust_euid, check=trust_euid is not None)
     except Untrusted as exc:
-        problem = exc.problem if exc.path == p else f"{exc.path}: {exc.problem}"
-        raise ConfigInvalid([ConfigError(str(path), 0, 0, "", problem, exc.hint)]) from None
+        raise ConfigInvalid([ConfigError(str(path), 0, 0, "", exc.problem_for(p), exc.hint)]) from None
     except OSError as exc:
         raise ConfigInvalid([ConfigError(str(path), 0, 0, "", f"cannot read the task file: {exc.strerror}",
                                          "check the path (-c FILE, TORCH_CONFIG) and its permissions")]) from None

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gotorch import procfs
+from gotorch.history import DB_NAME
 from gotorch.trustedfs import ensure_dir, open_state_file
 
 STATE_DIR_ENV = "TORCH_STATE_DIR"
@@ -39,6 +40,11 @@ class Paths:
     def logfile(self) -> Path:
         """The JSON-lines event log."""
         return self.log_dir / "torch.log"
+
+    @property
+    def history(self) -> Path:
+        """The run-history database (SQLite)."""
+        return self.state_dir / DB_NAME
 
     @property
     def socket(self) -> Path:

@@ -180,7 +180,7 @@ def _load_here(path: Path, host_ips: str | None, euid: int) -> Loaded | LoadFail
     except ConfigInvalid as exc:
         return LoadFailed(exc.errors)
     except Untrusted as exc:
-        return failed(exc.problem if exc.path == file else f"{exc.path}: {exc.problem}", exc.hint, transient=False)
+        return failed(exc.problem_for(file), exc.hint, transient=False)
     except Unsettled as exc:
         return failed(str(exc), "torch applies a file once it has not changed for half a second", transient=True)
     except MemoryError:

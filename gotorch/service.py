@@ -56,7 +56,6 @@ from gotorch.watcher import FileWatcher
 
 # Retry a reload that failed for a transient reason (file briefly missing, I/O error, no memory for the
 # loader) after 1 s, doubling to at most a minute, until one succeeds or the file is invalid.
-HISTORY_FILE = "history.db"
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 60.0
 # Fork the reload's child only before this fraction of a second has passed (see _reload).
@@ -200,7 +199,7 @@ class Service:
             with contextlib.suppress(RuntimeError):  # the loop may be closed already
                 loop.call_soon_threadsafe(self.bus.publish, HistoryError(message))
 
-        self.history = HistoryWriter(self.paths.state_dir / HISTORY_FILE, on_error)
+        self.history = HistoryWriter(self.paths.history, on_error)
         self.history.start()
         self.recorder = Recorder(self.history, socket.gethostname())
         self.recorder.set_config(self.generation.number, self.config.short_hash)

@@ -47,6 +47,10 @@ class Untrusted(Exception):
         self.problem = problem
         self.hint = hint
 
+    def problem_for(self, file: str) -> str:
+        """The problem as said about `file`: naming the directory or link concerned when it is not `file`."""
+        return self.problem if self.path == file else f"{self.path}: {self.problem}"
+
 
 @dataclass(frozen=True)
 class FileBytes:

@@ -6,3 +6,5 @@ writer   the one thread that writes (batched commits, bounded queue, never block
 recorder the event-bus subscriber that turns events into rows (in the loop)
 query    read-only queries for `torch history`, `torch logs`, `torch why`
 """
+
+DB_NAME = "history.db"  # in the daemon's state directory (gotorch.daemon.Paths.history)

@@ -14,10 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from gotorch.history import DB_NAME as DB_NAME  # re-exported: the file name in the state directory
 from gotorch.history import schema
-
-# The database's file name in the daemon's state directory (resolve_paths(...).state_dir).
-DB_NAME = "history.db"
 
 # Every status the daemon writes (schema.py), runs first; `skipped` and `missed` are the non-runs.
 RUN_STATUSES = ("running", "ok", "failed", "timeout", "killed", "spawn_failed", "lost")
