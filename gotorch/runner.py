@@ -196,11 +196,6 @@ def base_env(user: str | None) -> Mapping[str, str]:
     })
 
 
-def clear_caches() -> None:
-    """Forget cached user/group lookups: an alias of `accounts.clear()`, kept for existing callers."""
-    accounts.clear()
-
-
 def _iso_utc(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 

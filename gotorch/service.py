@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gotorch import control
+from gotorch import accounts, control
 from gotorch import log as logmod
 from gotorch.config import Config, ConfigError, Task, release_free_memory
 from gotorch.daemon import Paths
@@ -50,7 +50,7 @@ from gotorch.history.recorder import Recorder
 from gotorch.history.writer import HistoryWriter
 from gotorch.hosts import IPAddress, host_addresses, match
 from gotorch.loader import LoadFailed, load_in_child
-from gotorch.runner import clear_caches, set_child_subreaper
+from gotorch.runner import set_child_subreaper
 from gotorch.scheduler import APPLY_SLICE, Scheduler
 from gotorch.watcher import FileWatcher
 
@@ -315,7 +315,7 @@ class Service:
                 here.update(applicable(part, outcome.addresses)[0])
             if sched.stopping:
                 return
-            clear_caches()  # accounts named by tasks may have been created or changed since
+            accounts.clear()  # accounts named by tasks may have been created or changed since
             # Until the apply completes, states and queue may be part old, part new: then even the
             # old file's bytes must be applied again, not taken as "unchanged".
             self._half_applied = True

@@ -126,7 +126,7 @@ def test_runner_identities_live_in_the_accounts_cache(db: FakePasswd) -> None:
     accounts.clear()
     assert runner.base_env(name)["HOME"] == "/second"
     db.extra[name] = fake_user(name, home="/third")
-    runner.clear_caches()  # the old name, kept as an alias until the service switches
+    accounts.clear()  # what the service calls on every reload
     assert runner.base_env(name)["HOME"] == "/third"
 
 
