@@ -161,18 +161,26 @@ def test_directory_is_unreadable(state: Path) -> None:
         open_readonly(state / "history.db")
 
 
+def test_fifo_in_place_of_the_database_fails_at_once_instead_of_hanging(state: Path) -> None:
+    os.mkfifo(state / "history.db")
+    t0 = time.monotonic()
+    r = run_cli(state, "history")
+    assert r.exit_code == 1 and "not a regular file" in r.stderr
+    assert time.monotonic() - t0 < 5
+
+
 def test_permission_denied_is_unreadable(state: Path, db: sqlite3.Connection,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     # The tests may run as root, which chmod cannot lock out: make the open fail as it would.
     path = state / "history.db"
-    real_open = Path.open
+    real_open = os.open
 
-    def deny(self: Path, *args: Any, **kwargs: Any) -> Any:
-        if self == path:
-            raise PermissionError(13, "Permission denied", str(self))
-        return real_open(self, *args, **kwargs)
+    def deny(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if Path(file) == path:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "open", deny)
+    monkeypatch.setattr(query.os, "open", deny)
     with pytest.raises(HistoryUnreadable, match="permission denied"):
         open_readonly(path)
 

@@ -7,7 +7,9 @@ writer would wait on. Times come out of the database as Unix seconds and leave a
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -112,8 +114,16 @@ def open_readonly(path: Path) -> sqlite3.Connection | None:
     try:
         # Read the header ourselves first: SQLite reports both "permission denied" and "not a
         # database" as vague errors, often only at the first query.
-        with path.open("rb") as f:
-            header = f.read(_HEADER_BYTES)
+        # O_NONBLOCK and a regular-file check: a FIFO in its place must not hang the command.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                if stat.S_ISDIR(os.fstat(fd).st_mode):
+                    raise IsADirectoryError
+                raise HistoryUnreadable(path, "it is not a regular file")
+            header = os.read(fd, _HEADER_BYTES)
+        finally:
+            os.close(fd)
     except (FileNotFoundError, NotADirectoryError):
         return None
     except PermissionError:
