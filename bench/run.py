@@ -14,7 +14,11 @@ Scenarios:
   hostile   a 1/s task while huge, heavy, alias-bomb and FIFO task files replace the real one: time to
             reject each, fires per second, worst lateness, daemon RSS before and after
   reload-memory  daemon RSS while two configs of 20,000 yearly tasks alternate 60 times
-Set BENCH_SECONDS to change the measuring window of each scenario (default 30).
+  history   200 runs/s with history on and off (--no-history), interleaved (bench/history.py):
+            p50/p99 lateness and daemon CPU/RSS per mode, the p99 cost of history (target <= 1 ms),
+            rows written and dropped (target 0), database size per 100,000 runs; and
+            `torch history TASK` on a 1,000,000-row database (target < 200 ms)
+Set BENCH_SECONDS to change the measuring window of each scenario (default 30; history: 60 per run).
 """
 
 from __future__ import annotations
@@ -96,8 +100,11 @@ def _torch_tasks(recorder: Path, record: Path, due: list[str], idle: int) -> str
 
 
 @contextlib.contextmanager
-def _torch(d: Path, tasks: str) -> Iterator[tuple[psutil.Process, Path]]:
-    """torch in the foreground on `tasks`, ready (daemon.start logged); yields (process, task file)."""
+def _torch(d: Path, tasks: str, args: tuple[str, ...] = ()) -> Iterator[tuple[psutil.Process, Path]]:
+    """torch in the foreground on `tasks` (and `args` to `torch start`), ready (daemon.start logged).
+
+    Yields (process, task file); the state directory is d/state.
+    """
     # The task file sits in a directory of its own, as /etc/torch does: the daemon watches that
     # directory, and the recorders' busy output file beside it would wake the watcher constantly.
     (d / "etc").mkdir(exist_ok=True)
@@ -105,7 +112,7 @@ def _torch(d: Path, tasks: str) -> Iterator[tuple[psutil.Process, Path]]:
     cfg.write_text(tasks)
     log = open(d / "torch.log", "wb")  # noqa: SIM115
     env = dict(os.environ, TORCH_STATE_DIR=str(d / "state"), TORCH_HOST_IPS="127.0.0.1")
-    proc = subprocess.Popen([sys.executable, "-m", "gotorch", "start", "--foreground", "-c", str(cfg)],
+    proc = subprocess.Popen([sys.executable, "-m", "gotorch", "start", "--foreground", "-c", str(cfg), *args],
                             stdout=log, stderr=log, env=env)
     try:
         while b"daemon.start" not in (d / "torch.log").read_bytes():
@@ -331,9 +338,16 @@ def bench_reload_memory() -> None:
     print("  daemon RSS every 10 reloads (MB): " + " ".join(f"{r:.0f}" for r in rss))
 
 
+def bench_history() -> None:
+    """bench/history.py, imported only when chosen (it imports this module's helpers)."""
+    from history import bench_history as run_it
+
+    run_it()
+
+
 SCENARIOS: dict[str, Callable[[], None]] = {
     "load": bench_load, "runs": bench_runs, "reload": bench_reload, "hostile": bench_hostile,
-    "reload-memory": bench_reload_memory,
+    "reload-memory": bench_reload_memory, "history": bench_history,
 }
 
 

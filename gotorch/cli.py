@@ -12,8 +12,9 @@ import os
 import re
 import sqlite3
 import sys
+import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +26,7 @@ from gotorch.durations import format_duration, parse_duration
 from gotorch.history.query import (
     NONRUN_STATUSES,
     STATUSES,
+    HistoryReader,
     HistoryRow,
     HistoryUnreadable,
     find_row,
@@ -33,9 +35,10 @@ from gotorch.history.query import (
     runs_with_output,
     task_exists,
 )
-from gotorch.hosts import host_addresses, local_timezone, match
+from gotorch.hosts import IPAddress, host_addresses, local_timezone, match
 from gotorch.schedule import Fire, dst_warnings, fires
 from gotorch.trustedfs import Untrusted
+from gotorch.why import Question, explain, fires_around, wall_time_note
 
 F = TypeVar("F", bound=Callable[..., Any])
 CONFIG_ENV = "TORCH_CONFIG"
@@ -86,6 +89,15 @@ def state_dir_option(f: F) -> F:
 def _load(path: Path, *, check_accounts: bool = True, trusted: bool = False) -> Config:
     return load_config(path, check_accounts=check_accounts, default_timezone=local_timezone().key,
                        trust_euid=os.geteuid() if trusted else None)
+
+
+def _load_or_exit(path: Path) -> Config:
+    """The task file for a command that only reads it (no account checks); invalid: the errors, exit 1."""
+    try:
+        return _load(path, check_accounts=False)
+    except ConfigInvalid as exc:
+        _print_errors(exc.errors)
+        sys.exit(1)
 
 
 def _print_errors(errors: list[ConfigError]) -> None:
@@ -222,11 +234,7 @@ def next_cmd(args: tuple[str, ...], config_opt: str | None, state_dir: str | Non
     """Show the next N fire times of each task (or of the TASKs named), in its timezone."""
     file, names = _split_file_and_tasks(args)
     path = resolve_config(config_opt, file)
-    try:
-        config = _load(path, check_accounts=False)
-    except ConfigInvalid as exc:
-        _print_errors(exc.errors)
-        sys.exit(1)
+    config = _load_or_exit(path)
     result = next_fires(config, names, count, _parse_from(from_))
     if as_json:
         click.echo(json.dumps([{"task": t.name, "fires": [f.at.isoformat() for f in got]} for t, got in result]))
@@ -317,18 +325,24 @@ def list_cmd(file: str | None, config_opt: str | None, state_dir: str | None, as
 @click.option("--foreground", "-f", is_flag=True, help="Run in this process (systemd Type=notify, containers).")
 @click.option("--stop-timeout", type=click.FloatRange(min=0), default=10.0, show_default=True,
               envvar="TORCH_STOP_TIMEOUT", help="Seconds between SIGTERM and SIGKILL for runs at shutdown.")
+@click.option("--history-days", type=click.FloatRange(min=0), default=90.0, show_default=True,
+              envvar="TORCH_HISTORY_DAYS",
+              help="Delete history rows older than this many days (0: keep them; history_keep still applies).")
+@click.option("--no-history", is_flag=True, help="Record no run history (STATE/history.db is left alone).")
 def start(config_opt: str | None, state_dir: str | None, host_ips: str | None, foreground: bool,
-          stop_timeout: float) -> None:
+          stop_timeout: float, history_days: float, no_history: bool) -> None:
     """Validate the task file, then run the daemon (in the background unless --foreground).
 
     Exit 0 once the daemon reports it is serving (printing its pid); 1 with the reason otherwise.
     """
     from gotorch import log as logmod
     from gotorch.daemon import AlreadyRunning, Pidfile, daemonize, resolve_paths, sd_notify
+    from gotorch.history import HistorySettings
     from gotorch.loader import load_for_daemon
     from gotorch.service import serve
 
     path = resolve_config(config_opt, None).absolute()
+    history = None if no_history else HistorySettings(max_age_days=history_days)
     try:
         host_addresses(host_ips)
     except ValueError as exc:
@@ -362,7 +376,8 @@ def start(config_opt: str | None, state_dir: str | None, host_ips: str | None, f
             sys.exit(1)
         logmod.configure(stream=sys.stderr)
         try:
-            code = serve(path, config, paths=paths, host_ips=host_ips, stop_timeout=stop_timeout, notify=sd_notify)
+            code = serve(path, config, paths=paths, host_ips=host_ips, stop_timeout=stop_timeout, notify=sd_notify,
+                         history=history)
         finally:
             pidfile.release()
         sys.exit(code)
@@ -375,7 +390,7 @@ def start(config_opt: str | None, state_dir: str | None, host_ips: str | None, f
             fail(f"cannot open log {paths.logfile}: {exc}")
             return 1
         return serve(path, config, paths=paths, host_ips=host_ips, stop_timeout=stop_timeout, on_ready=ready,
-                     notify=sd_notify)
+                     notify=sd_notify, history=history)
 
     launch = daemonize(pidfile, body)
     if launch.error is not None:
@@ -538,6 +553,7 @@ def status(config_opt: str | None, state_dir: str | None, as_json: bool) -> None
         else:
             click.echo("torch is not running" if pid is None else f"torch (pid {pid}) does not answer")
         sys.exit(EXIT_NOT_RUNNING)
+    _add_history_summaries(st, paths.history)
     if as_json:
         click.echo(json.dumps(st, indent=2))
         return
@@ -549,16 +565,67 @@ def status(config_opt: str | None, state_dir: str | None, as_json: bool) -> None
         click.echo(f"last reload {lr['at']} via {lr['trigger']}: {verdict}")
         for e in lr["errors"]:
             click.echo(f"  {e.get('message', e)}")
-    table = [("TASK", "TYPE", "RUNNING", "LAST", "NEXT")]
+    if st.get("history_error"):
+        click.echo(f"history: {st['history_error']}", err=True)
+    table = [("TASK", "TYPE", "RUNNING", "LAST", "FAILED 24H", "NEXT")]
     for t in st["tasks"]:
-        table.append((t["name"], t["type"], str(t["running"]), t["last_status"] or "-", t["next_fire"] or "-"))
-    widths = [max(len(r[i]) for r in table) for i in range(5)]
+        table.append((t["name"], t["type"], str(t["running"]), _last_result_text(t), str(t.get("failures_24h", "-")),
+                      t["next_fire"] or "-"))
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     for r in table:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
-# --- history, logs -------------------------------------------------------------------------------
-# Both read STATE/history.db directly and read-only (history.query.open_readonly): they work whether
+def _add_history_summaries(st: dict[str, Any], db_path: Path) -> None:
+    """Each task's last result and failures in the last 24 h, read from the history database.
+
+    The daemon only knows what happened since it started; the history knows what happened before
+    too. An unreadable history is reported (`history_error`), not fatal: status still shows the rest.
+    """
+    from gotorch.history.summary import summaries
+
+    now = time.time()
+    names = [t["name"] for t in st["tasks"]]
+    try:
+        db = open_readonly(db_path)
+        got = {} if db is None else summaries(db, names, now)
+        if db is not None:
+            db.close()
+    except (HistoryUnreadable, sqlite3.Error) as exc:
+        st["history_error"] = str(exc)
+        return
+    for t in st["tasks"]:
+        s = got.get(t["name"])
+        t.update(s.to_json(now) if s is not None else {"last_result": None, "failures_24h": 0})
+
+
+def _ago(seconds: float) -> str:
+    """`45s`, `12m`, `3h5m`, `2d4h`: precise when recent, coarser when long ago."""
+    s = max(1, round(seconds))
+    if s >= 86400:
+        s -= s % 3600
+    elif s >= 3600:
+        s -= s % 60
+    return format_duration(s)
+
+
+def _last_result_text(t: dict[str, Any]) -> str:
+    """`failed (exit 3) 5m ago`, from the history (else the daemon's own last status, without an age)."""
+    last = t.get("last_result")
+    if not last:
+        return str(t["last_status"] or "-")
+    what = str(last["status"])
+    if last["exit_code"] not in (None, 0):
+        what += f" (exit {last['exit_code']})"
+    elif last["signal"]:
+        what += f" ({last['signal']})"
+    if last["ago_s"] is not None:
+        what += f" {_ago(last['ago_s'])} ago"
+    return what
+
+
+# --- history, logs (and why, below) --------------------------------------------------------------
+# They read STATE/history.db directly and read-only (history.query.open_readonly): they work whether
 # or not the daemon runs, and cannot create or change the database under it.
 
 
@@ -569,24 +636,32 @@ def _history_path(state_dir: str | None) -> Path:
 
 
 @contextlib.contextmanager
-def _history_db(state_dir: str | None, when_missing: Callable[[], None]) -> Iterator[sqlite3.Connection]:
-    """Open the history read-only; missing: call `when_missing`, exit 0; unreadable: message, exit 1."""
+def _history_db_or_none(state_dir: str | None) -> Iterator[sqlite3.Connection | None]:
+    """Open the history read-only, None if there is none yet; unreadable (now or in a query): message, exit 1."""
     path = _history_path(state_dir)
     try:
         db = open_readonly(path)
     except HistoryUnreadable as exc:
         click.echo(f"torch: {exc}", err=True)
         sys.exit(1)
-    if db is None:
-        when_missing()
-        sys.exit(0)
     try:
         yield db
     except sqlite3.Error as exc:  # damage past the header shows only when a query reaches it
         click.echo(f"torch: {HistoryUnreadable(path, str(exc))}", err=True)
         sys.exit(1)
     finally:
-        db.close()
+        if db is not None:
+            db.close()
+
+
+@contextlib.contextmanager
+def _history_db(state_dir: str | None, when_missing: Callable[[], None]) -> Iterator[sqlite3.Connection]:
+    """Open the history read-only; missing: call `when_missing`, exit 0; unreadable: message, exit 1."""
+    with _history_db_or_none(state_dir) as db:
+        if db is None:
+            when_missing()
+            sys.exit(0)
+        yield db
 
 
 def _no_history() -> None:
@@ -638,20 +713,10 @@ def _local_time(t: float | None) -> str:
 
 
 def _run_duration(d: float | None) -> str:
+    """`1.52s` under a minute, `3m20s` above; `-` for none."""
     if d is None:
         return "-"
     return f"{d:.2f}s" if d < 60 else format_duration(round(d))
-
-
-def _status_text(row: HistoryRow) -> str:
-    """`failed (exit 3)`, `killed (SIGTERM)`, `skipped (max_instances)`, `ok`."""
-    if row.signal:
-        return f"{row.status} ({row.signal})"
-    if row.exit_code is not None and row.status != "ok":
-        return f"{row.status} (exit {row.exit_code})"
-    if row.reason:
-        return f"{row.status} ({row.reason})"
-    return row.status
 
 
 @cli.command("history")
@@ -699,7 +764,7 @@ def history_cmd(tasks: tuple[str, ...], config_opt: str | None, state_dir: str |
     for r in rows:
         late = "-" if r.lateness_ms is None else f"{r.lateness_ms:.0f}"
         table.append((r.run_id, r.task, _local_time(r.scheduled_at), _local_time(r.started_at),
-                      _run_duration(r.duration_s), _status_text(r), late))
+                      _run_duration(r.duration_s), r.status_text(), late))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
@@ -713,7 +778,7 @@ def _run_header(row: HistoryRow) -> str:
     if row.ended_at is not None:
         times.append(f"ended {_local_time(row.ended_at)} ({_run_duration(row.duration_s)})")
     how = f" ({how})" if how else ""
-    return f"=== {row.task} run {row.run_id}{how}: {_status_text(row)}; {', '.join(times)} ==="
+    return f"=== {row.task} run {row.run_id}{how}: {row.status_text()}; {', '.join(times)} ==="
 
 
 _CONTROL = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]")
@@ -789,6 +854,91 @@ def logs(task: str, config_opt: str | None, state_dir: str | None, run_id: str |
             click.echo()
         click.echo(_run_header(row))
         _echo_output(row)
+
+
+# --- why -------------------------------------------------------------------------------------------
+
+
+def _parse_at(text: str | None, tz: tzinfo, now: float) -> tuple[float, bool, str | None]:
+    """`why --at`: (TIME in Unix seconds, whether it names an instant, a note on a DST wall time).
+
+    A duration is that long ago, like `history --since`, and names no instant ("about 2h ago"); an
+    ISO-8601 time without offset is wall time in `tz` (the task's zone), like `next --from`.
+    """
+    if text is None:
+        return now, False, None
+    try:
+        ago = parse_duration(text)
+    except ValueError:
+        pass
+    else:
+        if ago < 0:
+            raise click.BadParameter(f"{text!r}: a duration ago cannot be negative", param_hint="--at")
+        return now - ago, False, None
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a duration (2h, 30m, 1d) or an ISO-8601 time "
+                                 "(e.g. 2027-03-28T01:00:00+01:00)", param_hint="--at") from None
+    note = None
+    if at.tzinfo is None:
+        at, note = wall_time_note(at, tz)
+    return at.timestamp(), True, note
+
+
+@cli.command()
+@click.argument("task")
+@config_option
+@state_dir_option
+@json_option
+@host_ips_option
+@click.option("--at", "at_text", metavar="ISO|DURATION",
+              help="Explain the last fire at or before this time: ISO-8601 (no offset: the task's zone) "
+                   "or a duration ago (2h); default now.")
+def why(task: str, config_opt: str | None, state_dir: str | None, as_json: bool, host_ips: str | None,
+        at_text: str | None) -> None:
+    """Explain what became of TASK's last scheduled instant (at or before --at, default now).
+
+    The first line starts with the answer: ran, skipped, missed, not scheduled (--at names a time
+    with no fire: the fire before it is explained too), not on this host, disabled, daemon task,
+    reboot, not recorded yet, no history. Reads the task file and the history database; the daemon
+    need not run. Exit 0 with an answer; 1 if TASK is not in the task file or the history cannot
+    be read; 2 usage.
+    """
+    now = time.time()
+    path = resolve_config(config_opt, None)
+    config = _load_or_exit(path)
+    t = config.by_name().get(task)
+    zone = local_timezone()
+    at, exact, note = _parse_at(at_text, t.tz if t is not None else zone, now)
+    if at > now + 1:
+        raise click.BadParameter(f"{at_text!r} is in the future; `torch next {task} --from ...` shows coming fires",
+                                 param_hint="--at")
+    if note is not None:
+        click.echo(f"torch: note: {note}", err=True)
+    addresses: list[IPAddress] = []
+    host = None
+    fires = None
+    if t is not None:
+        try:
+            addresses = host_addresses(host_ips)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--host-ips / TORCH_HOST_IPS") from None
+        host = match(t.ips, addresses)
+        if t.type == "cron" and t.schedule is not None and t.schedule.kind != "reboot":
+            fires = fires_around(t.schedule, t.tz, at)
+    question = Question(task, at, now, t, config.path, exact=exact, addresses=tuple(addresses), host=host,
+                        fires=fires, zone=zone)
+    with _history_db_or_none(state_dir) as db:
+        answer = explain(question, None if db is None else HistoryReader(db))
+    if answer.kind == "unknown_task":
+        click.echo(f"torch: {answer.message}", err=True)
+    if as_json:
+        click.echo(json.dumps(answer.to_json(), indent=2))
+    elif answer.kind != "unknown_task":
+        click.echo(answer.message)
+    if answer.kind == "unknown_task":
+        sys.exit(1)
 
 
 def main() -> None:

@@ -40,6 +40,10 @@ NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SUPPORTED_VERSIONS = (1,)
 MAX_INSTANCES = 1000
+HISTORY_KEEP = 1000  # rows of run history kept per task unless it (or `defaults:`) says otherwise
+# Far beyond what the daemon's age limit leaves of a 1/s task (7.8 million rows in 90 days), and
+# small enough to reach SQLite as a number it can hold.
+MAX_HISTORY_KEEP = 100_000_000
 TOP_KEYS = ("version", "defaults", "tasks")
 # Fields a `defaults:` block may set: everything but a task's identity and what it runs.
 NOT_DEFAULTABLE = ("name", "command", "schedule", "type")
@@ -66,6 +70,7 @@ class Task:
     workdir: str | None = None
     timezone: str = "UTC"
     enabled: bool = True
+    history_keep: int = HISTORY_KEEP  # newest rows of its run history kept (runs and non-runs)
     line: int = field(default=0, compare=False)
 
     @property
@@ -178,6 +183,19 @@ def _positive_int(v: Any) -> int:
     if v > MAX_INSTANCES:
         # A daemon task starts this many copies at once: a typo must not become a fork storm.
         raise _Bad(f"{v} is more than {MAX_INSTANCES:,}", f"use at most {MAX_INSTANCES:,}")
+    return v
+
+
+def _history_keep(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _Bad(f"expected a whole number of rows, got {_type_name(v)} {v!r}",
+                   f"write e.g. history_keep: {HISTORY_KEEP}")
+    if v < 1:
+        raise _Bad(f"{v} must be 1 or more",
+                   "the history keeps at least the newest row; run the daemon with --no-history to keep none")
+    if v > MAX_HISTORY_KEEP:
+        raise _Bad(f"{v} is more than {MAX_HISTORY_KEEP:,}",
+                   f"use at most {MAX_HISTORY_KEEP:,} (rows older than --history-days go anyway)")
     return v
 
 
@@ -339,6 +357,7 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "workdir": _workdir,
     "timezone": _timezone,
     "enabled": _bool,
+    "history_keep": _history_keep,
 }
 TASK_KEYS = tuple(_VALIDATORS)
 DEFAULT_KEYS = tuple(k for k in TASK_KEYS if k not in NOT_DEFAULTABLE)

@@ -101,6 +101,9 @@ class RunEnded(Event):
     scheduled_ts: float | None = None
     cpu_s: float | None = None  # the direct child's rusage (with the children it waited for)
     max_rss_kb: int | None = None
+    # Why torch stopped it, when it did (status killed or timeout): "daemon stopping (SIGTERM)",
+    # "task changed by a reload", "timeout after 5s". None when the run ended by itself.
+    reason: str | None = None
 
     def severity(self) -> Level:
         """ok and killed (on request) are news; failures are warnings."""
@@ -314,6 +317,17 @@ class StopForced(Event):
 
 
 # --- the daemon (published by the service) -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ControlRefused(Event):
+    """A process of another user connected to the control socket and was turned away (SO_PEERCRED)."""
+
+    name: ClassVar[str] = "control.refused"
+    level: ClassVar[Level] = "warning"
+    peer_pid: int
+    peer_uid: int
+    peer_gid: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -31,3 +32,14 @@ def diff(old: Mapping[str, Task], new: Mapping[str, Task]) -> Plan:
         changed=tuple(sorted(n for n in new if n in old and new[n] != old[n])),
         unchanged=tuple(sorted(n for n in new if n in old and new[n] == old[n])),
     )
+
+
+# Fields that say what torch does around a task's runs, not how a run starts or when: a reload that
+# changes only these updates the task in place, without restarting its daemon copies or dropping
+# fires waiting out their jitter.
+BOOKKEEPING_FIELDS = ("history_keep",)
+
+
+def runs_unchanged(old: Task, new: Task) -> bool:
+    """Whether `old` and `new` differ only in bookkeeping fields (e.g. how much history to keep)."""
+    return dataclasses.replace(old, **{f: getattr(new, f) for f in BOOKKEEPING_FIELDS}) == new

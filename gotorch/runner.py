@@ -45,6 +45,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from gotorch import accounts, procfs
+from gotorch.durations import format_duration
 from gotorch.events import (
     Bus,
     ChildrenLeft,
@@ -275,7 +276,7 @@ class Run:
     __slots__ = (
         "_exit_mono", "_grace_handle", "_start_mono", "_streams", "_timeout_handle", "cause", "cpu_s",
         "dropped_bytes", "ended", "exit_status", "exited", "max_rss_kb", "output_bytes", "pid", "popen",
-        "scheduled_at", "spec", "started_at",
+        "reason", "scheduled_at", "spec", "started_at",
     )
 
     def __init__(self, spec: RunSpec, popen: subprocess.Popen[bytes] | None, pid: int,
@@ -292,6 +293,7 @@ class Run:
         self.max_rss_kb: int | None = None
         # Why we signalled it, if we did before it exited: decides timeout/killed over ok/failed.
         self.cause: Literal["timeout", "killed"] | None = None
+        self.reason: str | None = None  # set with `cause`: the words RunEnded carries
         self.output_bytes = 0
         self.dropped_bytes = 0
         self._start_mono = start_mono
@@ -394,7 +396,7 @@ class Runner:
         except Exception as exc:
             # The loop is closed or broken: do not leave an unwatched process behind.
             self._bus.publish(RunSetupFailed(spec.task, spec.run_id, _describe(exc)))
-            run.cause = "killed"
+            run.cause, run.reason = "killed", f"the runner could not watch it: {_describe(exc)}"
             self._send(run, signal.SIGKILL, "setup_failed", escaped=())
             for stream in list(run._streams):
                 self._close_stream(run, stream)
@@ -604,7 +606,8 @@ class Runner:
             self._settle_escalation(run)
         result = RunEnded(run.spec.task, run.spec.run_id, run.pid, status, exit_code, sig, duration,
                           run.output_bytes, run.dropped_bytes, error, run.spec.trigger, run.spec.attempt,
-                          run.spec.scheduled_ts, run.cpu_s, run.max_rss_kb)
+                          run.spec.scheduled_ts, run.cpu_s, run.max_rss_kb,
+                          run.reason if run.cause is not None else None)
         self._bus.publish(result)
         self._call_on_end(run, result)
 
@@ -621,30 +624,37 @@ class Runner:
         if run.exited or run.ended:
             return
         if run.cause is None:
+            timeout = run.spec.timeout
             run.cause = "timeout"
+            run.reason = f"timeout after {format_duration(timeout)}" if timeout is not None else "timeout"
         self._bus.publish(RunTimedOut(run.spec.task, run.spec.run_id, run.pid, run.spec.timeout))
         self._term_then_kill(run, run.spec.kill_timeout, "timeout")
 
-    def terminate(self, run: Run) -> None:
+    def terminate(self, run: Run, reason: str = "stopped on request") -> None:
         """SIGTERM the run's process group and escaped processes; SIGKILL after its kill_timeout.
 
-        The run ends with status `killed` unless it had already exited (or timed out) before.
+        The run ends with status `killed` and `reason` (e.g. "task changed by a reload") unless it
+        had already exited, or was already being stopped (timeout, shutdown): that first reason stays.
         """
         if run.ended and run.spec.run_id not in self._escalations:
             return
         if not run.exited and run.cause is None:
-            run.cause = "killed"
+            run.cause, run.reason = "killed", reason
         self._term_then_kill(run, run.spec.kill_timeout, "terminate")
 
-    def kill_now(self, run: Run) -> None:
-        """SIGKILL the run's process group and escaped processes at once (e.g. a second SIGTERM)."""
+    def kill_now(self, run: Run, reason: str = "killed on request") -> None:
+        """SIGKILL the run's process group and escaped processes at once (e.g. a second SIGTERM).
+
+        A run not yet exited ends `killed` with `reason`, which replaces the reason of a stop already
+        under way (the KILL is what ends it now); only a run that timed out keeps its status and reason.
+        """
         pending = self._escalations.pop(run.spec.run_id, None)
         if pending is not None:
             pending.handle.cancel()
         elif run.ended:
             return
-        if not run.exited and run.cause is None:
-            run.cause = "killed"
+        if not run.exited and run.cause != "timeout":
+            run.cause, run.reason = "killed", reason
         self._kill_all([run], "kill")
 
     def _term_then_kill(self, run: Run, grace: float, reason: str) -> None:
@@ -756,8 +766,11 @@ class Runner:
             if not any_killed:
                 return
 
-    async def shutdown(self, stop_timeout: float) -> None:
+    async def shutdown(self, stop_timeout: float, reason: str = "daemon stopping") -> None:
         """Stop everything: TERM all runs (and orphans), KILL what is left after `stop_timeout`.
+
+        Runs not stopped for another reason already end `killed` with `reason` (the caller says why,
+        e.g. "daemon stopping (SIGTERM)"; the runner knows nothing of signals sent to the daemon).
 
         What is left includes what a run started outside its group in reaction to the TERM, even
         once the run has ended: whatever carries the id of a run we stopped gets a TERM and, if
@@ -772,7 +785,7 @@ class Runner:
         runs = list(self._runs.values())
         for run in runs:
             if not run.exited and run.cause is None:
-                run.cause = "killed"
+                run.cause, run.reason = "killed", reason
             if run._timeout_handle is not None:
                 run._timeout_handle.cancel()
                 run._timeout_handle = None

@@ -36,7 +36,7 @@ from gotorch.events import (
 )
 from gotorch.firequeue import ClockJump, FireHints, FireNow, FireQueue, Missed, TaskError
 from gotorch.log import logging_bus
-from gotorch.plan import Plan, diff
+from gotorch.plan import Plan, diff, runs_unchanged
 from gotorch.policy import jitter_delay
 from gotorch.runner import Run, Runner, RunResult, RunSpec
 from gotorch.supervisor import Supervisor, TaskState
@@ -162,13 +162,17 @@ class Scheduler:
         """Carry out `plan` (all of a reload, or a slice of its names); `tasks` holds the new tasks."""
         wall = time.time()
         for name in plan.removed:
-            self._retire(name)
+            self._retire(name, "task removed by a reload")
+        # A change of bookkeeping only (history_keep) is applied in place, like an unchanged task.
+        in_place = {n for n in plan.changed if runs_unchanged(self.states[n].task, tasks[n][0])}
         for name in plan.changed:
+            if name in in_place:
+                continue
             if self.states[name].task.type == "daemon":
-                self._retire(name)
+                self._retire(name, "task changed by a reload")
             else:
                 self._cancel_delayed(name, "reload")
-        changed = set(plan.changed)
+        changed = set(plan.changed) - in_place
         for name in (*plan.unchanged, *plan.changed, *plan.added):
             task, ip = tasks[name]
             st = self.states.get(name)
@@ -184,14 +188,14 @@ class Scheduler:
                           wall, hints)
         self._log_task_errors(self.queue.take_errors())
         for name in (*plan.added, *plan.changed):
-            if tasks[name][0].type == "daemon":
+            if tasks[name][0].type == "daemon" and name not in in_place:
                 self.supervisor.launch(self.states[name])
 
-    def _retire(self, name: str) -> None:
+    def _retire(self, name: str, reason: str) -> None:
         st = self.states.pop(name, None)
         self._cancel_delayed(name, "reload")
         if st is not None and st.task.type == "daemon":
-            self.supervisor.retire(st)
+            self.supervisor.retire(st, reason)
 
     def _cancel_delayed(self, name: str, reason: str) -> None:
         for entry in self.delayed.cancel(name):
@@ -326,7 +330,7 @@ class Scheduler:
         if self.stopping:
             self.bus.publish(StopForced(signame))
             for run in list(self.runner.runs.values()):
-                self.runner.kill_now(run)
+                self.runner.kill_now(run, f"stop forced (second {signame})")
             return
         self.stopping = True
         self._stop_requested.set_result(None)
@@ -335,12 +339,12 @@ class Scheduler:
             self._timer.cancel()
         for name in self.delayed.tasks():
             self._cancel_delayed(name, "stop")
-        task = self.loop.create_task(self._shutdown())
+        task = self.loop.create_task(self._shutdown(f"daemon stopping ({signame})"))
         task.add_done_callback(lambda _t: None)
 
-    async def _shutdown(self) -> None:
+    async def _shutdown(self, reason: str) -> None:
         try:
-            await self.runner.shutdown(self.stop_timeout)
+            await self.runner.shutdown(self.stop_timeout, reason)
         finally:
             if not self._done.done():
                 self._done.set_result(None)

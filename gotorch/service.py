@@ -32,6 +32,7 @@ from gotorch import log as logmod
 from gotorch.config import Config, ConfigError, Task, release_free_memory
 from gotorch.daemon import Paths
 from gotorch.events import (
+    ControlRefused,
     DaemonFailed,
     DaemonStarted,
     DaemonStopped,
@@ -46,6 +47,7 @@ from gotorch.events import (
     TaskNotHere,
     WatchStarted,
 )
+from gotorch.history import DEFAULT_SETTINGS, HistorySettings
 from gotorch.history.recorder import Recorder
 from gotorch.history.writer import HistoryWriter
 from gotorch.hosts import IPAddress, host_addresses, match
@@ -102,7 +104,8 @@ class Service:
 
     def __init__(self, config_path: Path, config: Config, *, paths: Paths, addresses: list[IPAddress],
                  host_ips: str | None = None, stop_timeout: float = 10.0, on_ready: Callable[[], None] | None = None,
-                 notify: Callable[[str], None] | None = None, watch: bool = True) -> None:
+                 notify: Callable[[str], None] | None = None, watch: bool = True,
+                 history: HistorySettings | None = DEFAULT_SETTINGS) -> None:
         self.config_path = config_path
         self.config = config
         self.paths = paths
@@ -123,6 +126,7 @@ class Service:
         self._retry_delay = 0.0
         self._half_applied = False
         self._retry_at = 0.0
+        self.history_settings = history  # None: --no-history
         self.history: HistoryWriter | None = None
         self.recorder: Recorder | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -151,7 +155,8 @@ class Service:
         sched.before_tick = self._drain_signals
         # Everything that can fail at start-up (socket, watcher) comes before the first run starts:
         # a daemon that dies during start-up must not leave runs (or a fired @reboot) behind.
-        server = await control.serve(self.paths.socket, self.handle_request)
+        server = control.Server(self.paths.socket, self.handle_request, on_refused=self._control_refused)
+        await server.start()
         self._start_history(loop)
         try:
             if self.watch:
@@ -195,16 +200,25 @@ class Service:
 
     def _start_history(self, loop: asyncio.AbstractEventLoop) -> None:
         """STATE/history.db: a writer thread fed by a bus subscriber; runs left open by a crash are lost."""
+        if self.history_settings is None:
+            return
         def on_error(message: str) -> None:  # writer thread
             with contextlib.suppress(RuntimeError):  # the loop may be closed already
                 loop.call_soon_threadsafe(self.bus.publish, HistoryError(message))
 
-        self.history = HistoryWriter(self.paths.history, on_error)
+        self.history = HistoryWriter(self.paths.history, on_error,
+                                     max_age_days=self.history_settings.max_age_days)
+        self._set_retention()  # before the thread starts, so its first prune knows every task's limit
         self.history.start()
         self.recorder = Recorder(self.history, socket.gethostname())
         self.recorder.set_config(self.generation.number, self.config.short_hash)
         self.recorder.close_lost_runs()  # before the first run of this daemon starts
         self.bus.subscribe(self.recorder)
+
+    def _set_retention(self) -> None:
+        """Tell the writer how many rows each task of the file keeps (tasks elsewhere too: same file)."""
+        if self.history is not None:
+            self.history.set_retention({t.name: t.history_keep for t in self.config.tasks})
 
     async def _stop_history(self, loop: asyncio.AbstractEventLoop) -> None:
         """Flush and close the history off the loop (a commit may take a while)."""
@@ -219,8 +233,11 @@ class Service:
         if self._reload_task is not None:
             self._reload_task.cancel()
 
-    def handle_request(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Answer a control-socket request (`{"cmd": "status"}` or `{"cmd": "reload"}`)."""
+    def _control_refused(self, peer: control.Peer) -> None:
+        self.bus.publish(ControlRefused(peer.pid, peer.uid, peer.gid))
+
+    def handle_request(self, request: dict[str, Any], peer: control.Peer) -> control.Reply:
+        """Answer a control-socket request (`{"cmd": "status"}` or `{"cmd": "reload"}`) from `peer`."""
         cmd = request.get("cmd")
         if cmd == "status":
             return {"ok": True, "status": self.status()}
@@ -343,6 +360,7 @@ class Service:
                                          plan.added, plan.removed, plan.changed)
             if self.recorder is not None:
                 self.recorder.set_config(self.generation.number, config.short_hash)
+            self._set_retention()
             self.last_reload = ReloadResult(True, time.time(), trigger)
             self.bus.publish(ReloadApplied(trigger, self.generation.number, config.short_hash, plan.added,
                                            plan.removed, plan.changed, len(self.scheduler.states),
@@ -432,8 +450,11 @@ def _iso(ts: float | None) -> str | None:
 
 def serve(config_path: Path, config: Config, *, paths: Paths, host_ips: str | None,
           stop_timeout: float = 10.0, on_ready: Callable[[], None] | None = None,
-          notify: Callable[[str], None] | None = None) -> int:
-    """Run the daemon body in this process until stopped; the caller has set up logging and paths."""
+          notify: Callable[[str], None] | None = None, history: HistorySettings | None = DEFAULT_SETTINGS) -> int:
+    """Run the daemon body in this process until stopped; the caller has set up logging and paths.
+
+    `history` None runs without history (`--no-history`).
+    """
     service = Service(config_path, config, paths=paths, addresses=host_addresses(host_ips), host_ips=host_ips,
-                      stop_timeout=stop_timeout, on_ready=on_ready, notify=notify)
+                      stop_timeout=stop_timeout, on_ready=on_ready, notify=notify, history=history)
     return asyncio.run(service.run())

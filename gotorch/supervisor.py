@@ -46,11 +46,14 @@ class Supervisor:
         for _ in range(st.task.max_instances - self._runner.running_count(st.task.name)):
             self._start(st.task)
 
-    def retire(self, st: TaskState) -> None:
-        """A daemon task removed or changed: TERM (then KILL) its copies; their successors start at their end."""
+    def retire(self, st: TaskState, reason: str = "task removed or changed by a reload") -> None:
+        """A daemon task removed or changed: TERM (then KILL) its copies; their successors start at their end.
+
+        The copies end `killed` with `reason` (recorded in the log and the history).
+        """
         for run in [r for r in self._runner.runs.values() if r.spec.task == st.task.name]:
             self._retired.add(run.spec.run_id)
-            self._runner.terminate(run)
+            self._runner.terminate(run, reason)
 
     def on_run_end(self, st: TaskState | None, run: Run, result: RunResult, stopping: bool) -> None:
         """A run ended: if it was a daemon task's copy, start its replacement (now, or after a backoff)."""

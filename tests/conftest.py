@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -210,3 +211,19 @@ def describe_pids(pids: list[int]) -> str:
         except OSError:
             out.append(f"{pid} gone")
     return "; ".join(out)
+
+
+class Reports:
+    """An on_error that records what a history writer thread reported (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, message: str) -> None:
+        with self.lock:
+            self.messages.append(message)
+
+    def starting(self, prefix: str) -> list[str]:
+        with self.lock:
+            return [m for m in self.messages if m.startswith(prefix)]

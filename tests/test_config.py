@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from gotorch.config import ConfigInvalid, Task, load_config, parse_config
+from gotorch.plan import diff
 
 
 def parse(text: str, **kw: object) -> tuple[Task, ...]:
@@ -50,6 +51,7 @@ tasks:
     workdir: /srv/backup
     timezone: UTC
     enabled: false
+    history_keep: 20
   - name: keep
     type: daemon
     command: [/bin/sleep, 1000]
@@ -75,11 +77,13 @@ def test_every_field_is_read() -> None:
     assert t.workdir == "/srv/backup"
     assert t.timezone == "UTC"
     assert t.enabled is False
+    assert t.history_keep == 20
     assert t.line == 6
     # defaults apply where the task says nothing
     assert d.type == "daemon" and d.schedule is None and d.command == ("/bin/sleep", "1000")
     assert d.timezone == "Europe/Berlin" and d.kill_timeout == 3
     assert d.max_instances == 1 and d.misfire_grace == 60 and d.output_limit == 65536 and d.timeout is None
+    assert d.history_keep == 1000
 
 
 def test_defaults_and_host_zone() -> None:
@@ -436,3 +440,61 @@ def test_yaml_corners_are_errors_not_crashes(field: str) -> None:
     with pytest.raises(ConfigInvalid) as exc:
         parse(text)
     assert "Traceback" not in str(exc.value)
+
+
+# --- history_keep ------------------------------------------------------------------------------------
+
+
+def test_history_keep_comes_from_the_task_then_defaults_then_1000() -> None:
+    own, defaulted = parse("""\
+    version: 1
+    defaults:
+      history_keep: 50
+    tasks:
+      - {name: a, schedule: "@daily", command: x, history_keep: 7}
+      - {name: b, schedule: "@daily", command: x}
+    """)
+    assert (own.history_keep, defaulted.history_keep) == (7, 50)
+    (plain,) = parse('version: 1\ntasks:\n  - {name: a, schedule: "@daily", command: x}\n')
+    assert plain.history_keep == 1000
+
+
+@pytest.mark.parametrize(
+    ("value", "problem", "hint"),
+    [
+        ("0", "history_keep: 0 must be 1 or more", "--no-history"),
+        ("-5", "history_keep: -5 must be 1 or more", "--no-history"),
+        ("lots", "history_keep: expected a whole number of rows, got a string 'lots'", "history_keep: 1000"),
+        ("true", "history_keep: expected a whole number of rows, got a boolean True", "history_keep: 1000"),
+        ("1.5", "history_keep: expected a whole number of rows, got a number 1.5", "history_keep: 1000"),
+        ("100000001", "history_keep: 100000001 is more than 100,000,000", "use at most 100,000,000"),
+        ("9" * 400, "is more than 100,000,000", "use at most 100,000,000"),
+    ],
+)
+def test_bad_history_keep_is_located_with_a_fix(value: str, problem: str, hint: str) -> None:
+    e = one_error(f"""\
+    version: 1
+    tasks:
+      - name: t1
+        schedule: "0 0 * * * *"
+        command: /bin/true
+        history_keep: {value}
+    """)
+    assert e.startswith("t.yaml:6:19: task 't1': "), e
+    assert problem in e and hint in e.split("; ", 1)[1]
+
+
+def test_bad_history_keep_in_defaults_is_located() -> None:
+    e = one_error('version: 1\ndefaults:\n  history_keep: 0\ntasks: []\n')
+    assert e.startswith("t.yaml:3:17: defaults.history_keep: 0 must be 1 or more; "), e
+
+
+def test_a_new_history_keep_makes_the_task_changed_for_a_reload() -> None:
+    # A definition change like any other: the plan lists it under `changed` (what the scheduler then
+    # does with a changed task is its business, see scheduler._apply_part).
+    text = 'version: 1\ntasks:\n  - {{name: a, type: daemon, command: x{extra}}}\n'
+    (before,) = parse(text.format(extra=""))
+    (after,) = parse(text.format(extra=", history_keep: 10"))
+    (same,) = parse(text.format(extra=", history_keep: 1000"))
+    assert diff({"a": before}, {"a": after}).changed == ("a",)
+    assert diff({"a": before}, {"a": same}).unchanged == ("a",)

@@ -93,3 +93,71 @@ def test_a_run_left_without_an_end_is_closed_as_lost_at_the_next_start(torch_dae
     assert torch_daemon.start_bg().returncode == 0
     wait_until(lambda: any(r["status"] == "lost" for r in _rows(torch_daemon.state)), 20, what="lost row")
     assert torch_daemon.run("stop").returncode == 0
+
+
+def test_no_history_records_nothing_and_leaves_the_database_alone(torch_daemon: Torch) -> None:
+    torch_daemon.write("""\
+    version: 1
+    tasks:
+      - {name: tick, schedule: "* * * * * *", command: "echo tick"}
+    """)
+    assert torch_daemon.start_bg("--no-history").returncode == 0
+    torch_daemon.wait_event("run.end", timeout=20, count=2, task="tick")
+    assert torch_daemon.run("stop").returncode == 0
+    assert not list(torch_daemon.state.glob("history.db*"))
+    assert not torch_daemon.events("history.error")
+    r = torch_daemon.run("history", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout) == []
+
+
+def test_retention_by_history_keep_and_history_days(torch_daemon: Torch) -> None:
+    from gotorch.history import schema
+
+    # A history left by an earlier daemon: one row 100 days old, one 10 days old.
+    torch_daemon.state.mkdir(mode=0o750, parents=True, exist_ok=True)
+    db = sqlite3.connect(torch_daemon.state / "history.db")
+    schema.migrate(db)
+    now = time.time()
+    for run_id, age_days in (("ancient", 100), ("recent", 10)):
+        db.execute("INSERT INTO runs (run_id, task, kind, status, started_at, ended_at) "
+                   "VALUES (?, 'gone', 'run', 'ok', ?, ?)", (run_id, now - age_days * 86400, now - age_days * 86400))
+    db.commit()
+    db.close()
+    os.chmod(torch_daemon.state / "history.db", 0o640)
+    torch_daemon.write("""\
+    version: 1
+    tasks:
+      - {name: tick, schedule: "* * * * * *", command: "echo tick", history_keep: 3}
+    """)
+    assert torch_daemon.start_bg("--history-days", "30").returncode == 0
+    torch_daemon.wait_event("run.end", timeout=30, count=8, task="tick")
+    wait_until(lambda: {r["run_id"] for r in _rows(torch_daemon.state)} >= {"recent"}
+               and "ancient" not in {r["run_id"] for r in _rows(torch_daemon.state)}, 20, what="age pruning")
+    assert torch_daemon.run("stop").returncode == 0
+    ticks = [r for r in _rows(torch_daemon.state) if r["task"] == "tick"]
+    assert 3 <= len(ticks) <= 4, [r["status"] for r in ticks]  # keep 3 (plus at most one not pruned yet)
+
+
+def test_status_shows_each_tasks_last_result_with_its_age_and_failures_of_the_last_day(torch_daemon: Torch) -> None:
+    torch_daemon.write("""\
+    version: 1
+    tasks:
+      - {name: fails, schedule: "* * * * * *", command: "exit 3"}
+      - {name: fine, schedule: "* * * * * *", command: "true"}
+      - {name: later, schedule: "@yearly", command: "true"}
+    """)
+    assert torch_daemon.start_bg().returncode == 0
+    wait_until(lambda: sum(r["status"] == "failed" for r in _rows(torch_daemon.state)) >= 2
+               if (torch_daemon.state / "history.db").exists() else False, 30, what="two failed rows")
+    r = torch_daemon.run("status", "--json")
+    assert r.returncode == 0, r.stderr
+    tasks = {t["name"]: t for t in json.loads(r.stdout)["tasks"]}
+    assert tasks["fails"]["failures_24h"] >= 2 and tasks["fails"]["last_result"]["status"] == "failed"
+    assert tasks["fails"]["last_result"]["exit_code"] == 3 and tasks["fails"]["last_result"]["ago_s"] < 30
+    assert tasks["fine"]["failures_24h"] == 0 and tasks["fine"]["last_result"]["status"] == "ok"
+    assert tasks["later"]["last_result"] is None and tasks["later"]["failures_24h"] == 0
+    text = torch_daemon.run("status").stdout
+    assert "FAILED 24H" in text
+    line = next(ln for ln in text.splitlines() if ln.startswith("fails "))
+    assert "failed (exit 3)" in line and " ago " in line, text
+    assert torch_daemon.run("stop").returncode == 0

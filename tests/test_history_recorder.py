@@ -68,3 +68,14 @@ def test_close_lost_runs_hands_over_one_update() -> None:
     rec.close_lost_runs()
     (row,) = sink.rows
     assert isinstance(row, RunsLost) and "kill -9" in row.error
+
+
+def test_the_reason_a_run_was_stopped_reaches_its_row() -> None:
+    rec, sink = recorder()
+    rec(RunStarted("t", "r1", 42, None, None, "restart", 1, None, 1_800_000_000.0))
+    rec(RunEnded("t", "r1", 42, "killed", None, "SIGTERM", 3.0, 0, 0, reason="daemon stopping (SIGTERM)"))
+    rec(RunEnded("t", "r2", 43, "ok", 0, None, 1.0, 0, 0))
+    _, stopped, ended = sink.rows
+    assert isinstance(stopped, RunFinished) and isinstance(ended, RunFinished)
+    assert (stopped.status, stopped.reason) == ("killed", "daemon stopping (SIGTERM)")
+    assert ended.reason is None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,25 +15,9 @@ import pytest
 from gotorch.history import schema, writer
 from gotorch.history.rows import NonRun, RunBegan, RunFinished, RunsLost
 from gotorch.history.writer import HistoryWriter
-from tests.conftest import wait_until
+from tests.conftest import Reports, wait_until
 
 T0 = 1_700_000_000.0
-
-
-class Reports:
-    """An on_error that records what the writer thread reported."""
-
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, message: str) -> None:
-        with self.lock:
-            self.messages.append(message)
-
-    def starting(self, prefix: str) -> list[str]:
-        with self.lock:
-            return [m for m in self.messages if m.startswith(prefix)]
 
 
 @pytest.fixture
@@ -56,6 +39,7 @@ def make(state: Path, reports: Reports) -> Iterator[Any]:
 
     def build(start: bool = True, **kw: Any) -> HistoryWriter:
         kw.setdefault("batch_seconds", 0.02)
+        kw.setdefault("clock", lambda: T0)  # the rows' own time: the age limit leaves them alone
         w = HistoryWriter(state / "history.db", reports, **kw)
         made.append(w)
         if start:
@@ -364,7 +348,7 @@ def test_a_failing_on_error_does_not_stop_the_writer(state: Path) -> None:
         raise RuntimeError("loop closed")
 
     (state / "history.db").write_bytes(b"garbage" * 100)
-    w = HistoryWriter(state / "history.db", boom, batch_seconds=0.02)
+    w = HistoryWriter(state / "history.db", boom, batch_seconds=0.02, clock=lambda: T0)
     w.start()
     try:
         w.put(skipped("s0"))
@@ -401,3 +385,18 @@ def test_corruption_found_while_writing_starts_a_new_file(make: Any, state: Path
     assert sorted(rows(state / "history.db")) == ["s2"]
     [aside] = [p for p in state.iterdir() if p.name.startswith("history.db.corrupt-") and p.name.count("-") == 1]
     assert sorted(rows(aside)) == ["s0"]  # the old history is kept, not deleted
+
+
+def test_why_torch_stopped_a_run_lands_in_the_reason_column(make: Any, state: Path) -> None:
+    w = make()
+    w.put(began("r1"))
+    w.put(finished("r1", status="killed", exit_code=None, signal="SIGTERM", reason="daemon stopping (SIGTERM)"))
+    # Without its RunBegan (dropped, or never made): the inserted row carries the reason as well.
+    w.put(finished("r2", status="timeout", exit_code=None, signal="SIGKILL", reason="timeout after 5s"))
+    w.put(began("r3"))
+    w.put(finished("r3", status="ok", exit_code=0))
+    wait_until(lambda: w.written == 5, 5, 0.01, what="5 rows written")
+    got = rows(state / "history.db")
+    assert (got["r1"]["status"], got["r1"]["reason"]) == ("killed", "daemon stopping (SIGTERM)")
+    assert (got["r2"]["status"], got["r2"]["reason"]) == ("timeout", "timeout after 5s")
+    assert (got["r3"]["status"], got["r3"]["reason"]) == ("ok", None)

@@ -29,6 +29,7 @@ import pytest
 
 from gotorch import log
 from gotorch.accounts import clear as clear_account_cache
+from gotorch.events import Bus, Event, RunEnded
 from gotorch.runner import (
     ROOT_PATH,
     USER_PATH,
@@ -39,6 +40,7 @@ from gotorch.runner import (
     build_env,
     set_child_subreaper,
 )
+from gotorch.scheduler import Scheduler
 from tests.conftest import describe_pids, pids_with_env
 
 pytestmark = pytest.mark.integration
@@ -105,8 +107,8 @@ class Harness:
         assert self.wait_for(lambda: len(self.lines(run)) >= count, timeout), self.lines(run)
         return self.lines(run)
 
-    def shutdown(self, stop_timeout: float = 2.0) -> None:
-        self.loop.run_until_complete(self.runner.shutdown(stop_timeout))
+    def shutdown(self, stop_timeout: float = 2.0, reason: str = "daemon stopping") -> None:
+        self.loop.run_until_complete(self.runner.shutdown(stop_timeout, reason))
 
     def close(self) -> None:
         if self.closed:
@@ -375,14 +377,14 @@ def test_timeout_kills_group_and_all_grandchildren(h: Harness) -> None:
     kids = procs([int(x) for x in h.wait_lines(run, 20)])
     assert len(kids) == 20 and all(alive(p) for p in kids)
     result = h.wait_end(run)
-    assert result.status == "timeout"
+    assert result.status == "timeout" and result.reason == "timeout after 1s"
     assert result.signal == "SIGTERM" and result.exit_code is None
     assert 0.9 <= result.duration_s < 9
     assert wait_gone(h, kids) == []
     (timeout_event,) = h.events("run.timeout", run.spec.run_id)
     assert timeout_event["timeout_s"] == 1.0
     (end,) = h.events("run.end", run.spec.run_id)
-    assert end["status"] == "timeout" and end["signal"] == "SIGTERM"
+    assert end["status"] == "timeout" and end["signal"] == "SIGTERM" and end["reason"] == "timeout after 1s"
 
 
 def test_child_ignoring_sigterm_gets_sigkill_after_kill_timeout(h: Harness) -> None:
@@ -448,9 +450,10 @@ def test_kill_now_does_not_wait(h: Harness) -> None:
     h.runner.terminate(run)
     h.sleep(0.3)
     assert run.spec.run_id in h.runner.runs  # TERM is ignored; KILL is a minute away
-    h.runner.kill_now(run)
+    h.runner.kill_now(run, "stop forced (second SIGTERM)")
     result = h.wait_end(run, 10)
-    assert (result.status, result.signal) == ("killed", "SIGKILL")
+    # The KILL is what ended it: its reason replaces the TERM's.
+    assert (result.status, result.signal, result.reason) == ("killed", "SIGKILL", "stop forced (second SIGTERM)")
     h.runner.kill_now(run)  # on an ended run: harmless
     h.runner.terminate(run)
 
@@ -486,6 +489,61 @@ def test_shutdown_leaves_no_process_and_no_zombie(h: Harness) -> None:
     assert {r.spec.run_id for r in running} <= ends
     # After shutdown nothing new may start.
     assert h.runner.start(h.spec("true")) is None
+
+
+def test_runs_stopped_by_shutdown_end_killed_with_the_reason_given(h: Harness) -> None:
+    plain = h.start("echo ready; sleep 1000")
+    retired = h.start("trap '' TERM; echo ready; sleep 1000", kill_timeout=60)
+    done = h.start("echo done")
+    h.wait_lines(plain, 1)
+    h.wait_lines(retired, 1)
+    assert h.wait_end(done).status == "ok"
+    h.runner.terminate(retired, "task changed by a reload")  # TERM ignored: still there at shutdown
+    h.shutdown(stop_timeout=0.5, reason="daemon stopping (SIGTERM)")
+    assert (h.results[plain.spec.run_id].status, h.results[plain.spec.run_id].reason) == (
+        "killed", "daemon stopping (SIGTERM)")
+    # Being stopped already, it keeps the reason it was stopped for first.
+    assert (h.results[retired.spec.run_id].status, h.results[retired.spec.run_id].reason) == (
+        "killed", "task changed by a reload")
+    assert h.results[done.spec.run_id].reason is None
+    (end,) = h.events("run.end", plain.spec.run_id)
+    assert end["status"] == "killed" and end["reason"] == "daemon stopping (SIGTERM)"
+    (end,) = h.events("run.end", done.spec.run_id)
+    assert "reason" not in end  # a run that ended by itself logs no reason, as before
+
+
+def test_the_stop_signal_is_named_in_the_reason_and_a_second_one_forces_the_stop(
+        subreaper: None, tmp_path: Any) -> None:
+    loop = asyncio.new_event_loop()
+    bus = Bus()
+    ended: dict[str, RunEnded] = {}
+
+    def on_event(event: Event) -> None:
+        if isinstance(event, RunEnded):
+            ended[event.run_id] = event
+
+    bus.subscribe(on_event)
+    try:
+        sched = Scheduler(loop, state_dir=tmp_path, stop_timeout=60, bus=bus)
+        polite = sched.runner.start(RunSpec("t", f"p{next(_ids)}", "sleep 1000"))
+        stubborn = sched.runner.start(RunSpec("t", f"s{next(_ids)}", "trap '' TERM; sleep 1000 & wait"))
+        assert polite is not None and stubborn is not None
+
+        async def stop() -> None:
+            await asyncio.sleep(0.3)  # let the shells set their traps
+            sched.request_stop("SIGINT")
+            while polite.spec.run_id not in ended:
+                await asyncio.sleep(0.02)
+            sched.request_stop("SIGTERM")  # the stubborn one would hold the stop for 60 s
+            await asyncio.wait_for(sched.wait_stopped(), 20)
+
+        loop.run_until_complete(stop())
+        assert (ended[polite.spec.run_id].status, ended[polite.spec.run_id].reason) == (
+            "killed", "daemon stopping (SIGINT)")
+        assert (ended[stubborn.spec.run_id].status, ended[stubborn.spec.run_id].reason) == (
+            "killed", "stop forced (second SIGTERM)")
+    finally:
+        loop.close()
 
 
 def test_reap_takes_orphans_without_a_run(h: Harness) -> None:

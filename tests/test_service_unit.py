@@ -74,3 +74,45 @@ def test_non_root_daemon_without_a_passwd_entry_gets_errors_not_a_crash() -> Non
     cfg = parse_config(TEXT, "t.yaml")
     (problem,) = account_problems(cfg, uid)
     assert "task 'e': user: runs as user 'root'" in str(problem)
+
+
+def test_a_reload_changing_only_history_keep_leaves_daemon_copies_running(tmp_path: object) -> None:
+    import asyncio
+
+    from gotorch.plan import runs_unchanged
+    from gotorch.scheduler import Scheduler
+
+    def tasks(keep: int, command: str = "sleep 100") -> dict[str, tuple[object, None]]:
+        cfg = parse_config(f"version: 1\ntasks:\n  - {{name: d, type: daemon, command: {command!r}, "
+                           f"history_keep: {keep}}}\n", "t.yaml")
+        return {t.name: (t, None) for t in cfg.tasks}
+
+    first, kept, other = tasks(1000), tasks(5), tasks(5, "sleep 200")
+    assert runs_unchanged(first["d"][0], kept["d"][0])  # type: ignore[arg-type]
+    assert not runs_unchanged(first["d"][0], other["d"][0])  # type: ignore[arg-type]
+    seen: dict[str, set[str]] = {}
+
+    async def main() -> None:
+        sched = Scheduler(asyncio.get_running_loop(), state_dir=Path(str(tmp_path)))
+        sched.apply(first, at_start=True)  # type: ignore[arg-type]
+        seen["start"] = set(sched.runner.runs)
+        plan = await sched.apply_gradually(kept)  # type: ignore[arg-type]
+        assert plan.changed == ("d",)  # still reported as a change of the task
+        assert sched.states["d"].task.history_keep == 5
+        for _ in range(20):  # long enough for a TERMed `sleep` to be reaped, had it been retired
+            await asyncio.sleep(0.05)
+            sched.runner.reap()
+        seen["keep"] = set(sched.runner.runs)
+        await sched.apply_gradually(other)  # type: ignore[arg-type]
+        for _ in range(100):  # the old copy is retired, its successor starts when it has gone
+            await asyncio.sleep(0.05)
+            sched.runner.reap()  # no SIGCHLD handler here (the service installs it)
+            if set(sched.runner.runs) - seen["start"]:
+                break
+        seen["other"] = set(sched.runner.runs)
+        sched.request_stop("test")
+        await sched.wait_stopped()
+
+    asyncio.run(main())
+    assert len(seen["start"]) == 1 and seen["keep"] == seen["start"]
+    assert seen["other"] and not seen["other"] & seen["start"]

@@ -1,4 +1,4 @@
-"""Read-only queries over the history database, for `torch history` and `torch logs`.
+"""Read-only queries over the history database, for `torch history`, `torch logs` and `torch why`.
 
 Only the CLI uses this module, never the daemon: it opens the database read-only (SQLite URI
 `mode=ro`), so looking at history can neither create the file nor take a write lock the daemon's
@@ -79,6 +79,16 @@ class HistoryRow:
     lateness_ms: float | None
     reason: str | None
     output: RunOutput | None = None
+
+    def status_text(self) -> str:
+        """`failed (exit 3)`, `killed (SIGTERM)`, `skipped (max_instances)`, `ok`: how people read a status."""
+        if self.signal:
+            return f"{self.status} ({self.signal})"
+        if self.exit_code is not None and self.status != "ok":
+            return f"{self.status} (exit {self.exit_code})"
+        if self.reason:
+            return f"{self.status} ({self.reason})"
+        return self.status
 
     def to_json(self) -> dict[str, Any]:
         """The row for `--json`: exactly the documented keys, times as ISO-8601 UTC (or null)."""
@@ -256,3 +266,120 @@ def find_row(db: sqlite3.Connection, run_id: str) -> HistoryRow | None:
     """The row with this run id, whatever its task and kind (without output); None if there is none."""
     r = db.execute(f"SELECT {_ROW_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
     return None if r is None else _row(r)
+
+
+# --- `torch why`: what became of one fire ---------------------------------------------------------
+
+# A fire's rows are all written within this long after the first row of a later fire of the same
+# task (plus the task's jitter): runs, skips and missed windows are decided at the first tick that
+# sees the fire, and a later fire is decided at that tick or after it. The margin covers the clock
+# reads of one tick (runs are stamped after their spawn, non-runs after all spawns) many times over.
+FIRE_SETTLE_S = 60.0
+# A fire's rows are found by reading the task's rows from the fire onwards; this many without reaching
+# a later fire means something unusual (thousands of manual runs): stop rather than read on.
+FIRE_SCAN_MAX = 10_000
+# Runs are stamped after the tick that decided them, never before the fire; this covers float rounding.
+_FIRE_EARLY_S = 1.0
+
+_FIRE_COLUMNS = f"{_ROW_COLUMNS}, detail, missed_first, missed_last, missed_count"
+
+
+@dataclass(frozen=True, slots=True)
+class FireRecord:
+    """A row that says what became of one fire, with the non-run fields `history` does not list.
+
+    `detail` is the blocking run id of a `max_instances` skip (else a note); `missed_*` the window of
+    a missed row: its first and last fire and how many fires it stands for.
+    """
+
+    row: HistoryRow
+    detail: str | None = None
+    missed_first: float | None = None
+    missed_last: float | None = None
+    missed_count: int | None = None
+
+    def concerns(self, scheduled_at: float) -> bool:
+        """Whether this row is about the fire at `scheduled_at`: its run or skip, or a missed window over it."""
+        if self.row.kind == "missed":
+            return (self.missed_first is not None and self.missed_last is not None
+                    and self.missed_first <= scheduled_at <= self.missed_last)
+        return self.row.scheduled_at is not None and abs(self.row.scheduled_at - scheduled_at) < 0.5
+
+    def is_later_fire(self, scheduled_at: float) -> bool:
+        """Whether this row is about a fire after `scheduled_at` (which was then decided already)."""
+        if self.row.kind == "missed":
+            return self.missed_first is not None and self.missed_first > scheduled_at
+        return self.row.scheduled_at is not None and self.row.scheduled_at >= scheduled_at + 0.5
+
+
+def fire_records(db: sqlite3.Connection, task: str, scheduled_at: float, jitter: float = 0.0) -> list[FireRecord]:
+    """The rows of `task` about its fire at `scheduled_at`, oldest first (empty: nothing was recorded).
+
+    Runs and skips of that fire (several if it was retried, or repeated after the clock went back)
+    and missed windows that cover it. There is no index on scheduled_at: the rows are read in
+    started_at order through runs_by_task from the fire onwards, and the reading stops
+    FIRE_SETTLE_S + `jitter` seconds after the first row of a later fire (see FIRE_SETTLE_S), so
+    it reads the rows of about a minute of the task's history however long that history is.
+    """
+    sql = (f"SELECT {_FIRE_COLUMNS} FROM runs WHERE task = ? AND started_at >= ? "
+           "ORDER BY started_at, rowid")
+    out: list[FireRecord] = []
+    stop_after: float | None = None
+    # The cursor steps through the index lazily: leaving the loop early leaves the rest unread.
+    for n, values in enumerate(db.execute(sql, (task, scheduled_at - _FIRE_EARLY_S))):
+        rec = FireRecord(_row(values[:14]), *values[14:])
+        started = rec.row.started_at
+        if n >= FIRE_SCAN_MAX or (stop_after is not None and started is not None and started > stop_after):
+            break
+        if rec.concerns(scheduled_at):
+            out.append(rec)
+        elif stop_after is None and started is not None and rec.is_later_fire(scheduled_at):
+            stop_after = started + max(0.0, jitter) + FIRE_SETTLE_S
+    return out
+
+
+def last_task_row(db: sqlite3.Connection, task: str, at: float, trigger: str | None = None) -> HistoryRow | None:
+    """The newest row of `task` started at or before `at` (of this `trigger` only, if given); None if none."""
+    sql = f"SELECT {_ROW_COLUMNS} FROM runs WHERE task = ? AND started_at <= ?"
+    params: list[Any] = [task, at]
+    if trigger is not None:
+        sql += " AND trigger = ?"
+        params.append(trigger)
+    r = db.execute(sql + " ORDER BY started_at DESC, rowid DESC LIMIT 1", params).fetchone()
+    return None if r is None else _row(r)
+
+
+def rows_around(db: sqlite3.Connection, at: float) -> tuple[float | None, float | None]:
+    """When the daemon last recorded anything (any task) at or before `at`, and first recorded after it.
+
+    None for a side with no row: before the history starts, or nothing since. Two probes of the
+    index runs_by_time, so this is instant on any size of history.
+    """
+    before = db.execute("SELECT started_at FROM runs WHERE started_at <= ? ORDER BY started_at DESC LIMIT 1",
+                        (at,)).fetchone()
+    after = db.execute("SELECT started_at FROM runs WHERE started_at > ? ORDER BY started_at LIMIT 1",
+                       (at,)).fetchone()
+    return (None if before is None else before[0]), (None if after is None else after[0])
+
+
+class HistoryReader:
+    """The history as `torch why` asks about it (gotorch.why.HistoryLookup), over a read-only connection."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def fire_records(self, task: str, scheduled_at: float, jitter: float) -> list[FireRecord]:
+        """See the module function `fire_records`."""
+        return fire_records(self._db, task, scheduled_at, jitter)
+
+    def last_row(self, task: str, at: float, trigger: str | None = None) -> HistoryRow | None:
+        """See `last_task_row`."""
+        return last_task_row(self._db, task, at, trigger)
+
+    def find_row(self, run_id: str) -> HistoryRow | None:
+        """See the module function `find_row`."""
+        return find_row(self._db, run_id)
+
+    def rows_around(self, at: float) -> tuple[float | None, float | None]:
+        """See the module function `rows_around`."""
+        return rows_around(self._db, at)

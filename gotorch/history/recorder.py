@@ -91,7 +91,7 @@ class Recorder:
                 event.run_id, event.task, self._clock(), _status(event), event.exit_code, event.signal,
                 event.duration_s, event.cpu_s, event.max_rss_kb, bytes(out.head), bytes(out.tail), out.elided,
                 event.output_bytes, event.dropped_bytes, event.error, event.trigger, event.scheduled_ts,
-                self._host, self.generation, self.config_hash))
+                self._host, self.generation, self.config_hash, event.reason))
         elif isinstance(event, Skipped):
             self._non_run("skipped", event.task, event.scheduled_at, event.reason,
                           event.blocking_run or event.detail)

@@ -50,6 +50,8 @@ class RunFinished:
     host: str
     generation: int
     config_hash: str
+    # Why torch stopped it (status killed or timeout), as RunEnded says; stored in `reason`.
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,13 @@ Times are Unix seconds (REAL, UTC); the CLI renders them. One table holds runs a
 
 * a run (`kind = 'run'`) is inserted when it starts (status `running`) and updated when it ends;
   a run found `running` when the daemon starts again was lost with the previous daemon (`lost`);
+  a run torch stopped (`killed`, `timeout`) has its reason in `reason` too, e.g.
+  "daemon stopping (SIGTERM)";
 * a non-run (`kind = 'skipped'` or `'missed'`) is inserted once, with its reason.
+
+Retention (the writer's pruning) needs no index of its own: runs_by_time serves the age limit and
+runs_by_task the per-task one. A migration that has shipped is never edited: a database made by
+it must keep migrating the same way.
 """
 
 from __future__ import annotations

@@ -15,13 +15,22 @@ with a stable word so the daemon can tell them apart:
     history.no_wal:       the filesystem refused WAL mode; history works, but readers block the writer
     history.write_failed: a batch could not be committed (its rows are dropped)
     history.row_failed:   one row was refused (e.g. a duplicate run id); the rest of its batch is kept
+    history.prune_failed: old rows could not be deleted (retention); rows are still written, and
+                          pruning is tried again after `prune_seconds`
     history.recovered:    writing works again after one of the failures above
 
 Each distinct failure is reported at most once a minute, so a full disk does not flood the log.
 
-Anything else that changes the database (retention, for one) belongs in this thread too, so the
-database keeps a single writer: it would be another value through the same queue, handled by
-`_apply`, inside the same batches.
+Retention lives in this thread too, so the database keeps a single writer. Two limits apply:
+rows older than `max_age_days` (by started_at; ended_at for a row without one), and per task
+everything beyond its newest `keep` rows (runs and non-runs together; `set_retention` hands the
+limits over, and until it is first called only the age limit applies). A row still `running` is
+never deleted. Pruning happens in passes: one when the database is opened, an age pass every
+`prune_seconds`, and a keep check of a task once it has inserted a tenth of its `keep` since its
+last one (so a check, which walks `keep` index entries, costs about ten entries per row inserted,
+whatever `keep` is; the task may hold up to 10% more than `keep` in between). A pass is cut into
+steps of one short transaction each (at most `prune_batch_rows` deleted), taken only when the queue
+is empty or right after a batch of rows was committed: rows never wait behind a big backlog.
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from gotorch import trustedfs
@@ -50,6 +59,15 @@ REPORT_EVERY = 60.0  # seconds between two reports of the same failure
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
 _COMPANIONS = ("-wal", "-shm")  # SQLite's own files beside the database, in WAL mode
+# Rows per task kept when set_retention names no other number (as a task's history_keep defaults).
+DEFAULT_KEEP = 1000
+# Rows deleted per pruning transaction. Measured with 8 KiB of output per row: 250 rows hold the
+# write lock ~5 ms, 500 rows ~20 ms, 1000 rows ~40 ms; the lock should never be held long enough to
+# delay the next batch of rows (or a reader's view of the newest ones) noticeably.
+PRUNE_BATCH_ROWS = 250
+PRUNE_SECONDS = 60.0  # between two age passes; and the wait before pruning again after a failure
+_KEEP_SLACK = 10  # a task's keep is checked after keep / _KEEP_SLACK inserts (at least 1)
+_SQLITE_INT_MAX = 2**63 - 1
 
 _INSERT_BEGAN = """
 INSERT OR REPLACE INTO runs (run_id, task, kind, trigger, attempt, scheduled_at, started_at, host, pid,
@@ -58,14 +76,15 @@ VALUES (?, ?, 'run', ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)
 """
 _UPDATE_FINISHED = """
 UPDATE runs SET ended_at = ?, status = ?, exit_code = ?, signal = ?, duration_s = ?, cpu_s = ?, max_rss_kb = ?,
-                output_head = ?, output_tail = ?, output_elided = ?, output_bytes = ?, dropped_bytes = ?, error = ?
+                output_head = ?, output_tail = ?, output_elided = ?, output_bytes = ?, dropped_bytes = ?, error = ?,
+                reason = ?
 WHERE run_id = ?
 """
 _INSERT_FINISHED = """
 INSERT OR REPLACE INTO runs (run_id, task, kind, trigger, scheduled_at, started_at, ended_at, host, status,
                              exit_code, signal, duration_s, cpu_s, max_rss_kb, generation, config_hash,
-                             output_head, output_tail, output_elided, output_bytes, dropped_bytes, error)
-VALUES (?, ?, 'run', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                             output_head, output_tail, output_elided, output_bytes, dropped_bytes, error, reason)
+VALUES (?, ?, 'run', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 _INSERT_NONRUN = """
 INSERT INTO runs (run_id, task, kind, scheduled_at, started_at, host, status, reason, detail,
@@ -73,6 +92,26 @@ INSERT INTO runs (run_id, task, kind, scheduled_at, started_at, host, status, re
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 _MARK_LOST = "UPDATE runs SET status = 'lost', ended_at = ?, error = ? WHERE status = 'running'"
+
+# Retention. Each statement is served by an index (a test checks the query plans): rowid IN
+# (... LIMIT ?) because SQLite is usually built without DELETE ... LIMIT.
+_PRUNE_OLD = """
+DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs WHERE started_at < ? AND status != 'running' LIMIT ?)
+"""  # runs_by_time
+_PRUNE_OLD_UNSTARTED = """
+DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs WHERE started_at IS NULL AND ended_at < ?
+                                                         AND status != 'running' LIMIT ?)
+"""  # runs_by_time (started_at IS NULL); the writer itself never leaves started_at empty
+# The started_at of a task's keep-th newest row: everything older goes. Walks `keep` entries of
+# runs_by_task (a covering index: no table reads). Ties at the cutoff are all kept.
+_KEEP_CUTOFF = "SELECT started_at FROM runs WHERE task = ? ORDER BY started_at DESC LIMIT 1 OFFSET ?"
+_PRUNE_BEYOND = """
+DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs WHERE task = ? AND started_at < ?
+                                                         AND status != 'running' LIMIT ?)
+"""  # runs_by_task
+# The tasks that have rows, one index seek each (SELECT DISTINCT would read the whole index at once),
+# starting after '' (task names are never empty: config.NAME_RE).
+_NEXT_TASK = "SELECT task FROM runs WHERE task > ? ORDER BY task LIMIT 1"
 
 
 class _Corrupt(Exception):
@@ -110,18 +149,27 @@ class HistoryWriter:
     """
 
     def __init__(self, path: Path, on_error: Callable[[str], None], *, max_queue: int = 10_000,
-                 batch_rows: int = 500, batch_seconds: float = 1.0, retry_seconds: float = 5.0) -> None:
+                 batch_rows: int = 500, batch_seconds: float = 1.0, retry_seconds: float = 5.0,
+                 max_age_days: float = 90.0, prune_seconds: float = PRUNE_SECONDS,
+                 prune_batch_rows: int = PRUNE_BATCH_ROWS, clock: Callable[[], float] = time.time) -> None:
         """Prepare a writer for the database at `path`; nothing is opened until `start`.
 
         `on_error` receives one-line reports from the writer's thread (see the module doc).
         A batch is committed when `batch_rows` rows are pending or `batch_seconds` after its first
         row; an unopenable database is tried again every `retry_seconds`.
+        Rows older than `max_age_days` (0 or less: no age limit) are pruned at open and every
+        `prune_seconds`, at most `prune_batch_rows` per transaction; `clock` says what time it is
+        (Unix seconds) for the age limit.
         """
         self.path = Path(path)
         self._on_error = on_error
         self._batch_rows = max(1, batch_rows)
         self._batch_seconds = batch_seconds
         self._retry_seconds = retry_seconds
+        self._max_age_s = max_age_days * 86400.0 if math.isfinite(max_age_days) and max_age_days > 0 else None
+        self._prune_seconds = prune_seconds
+        self._prune_batch = max(1, prune_batch_rows)
+        self._clock = clock
         # None is only a wake-up call from close(); rows are never None.
         self._queue: queue.Queue[Row | None] = queue.Queue(maxsize=max(1, max_queue))
         self._lock = threading.Lock()
@@ -130,14 +178,28 @@ class HistoryWriter:
         self._dropped = 0
         self._dropped_in_writer = 0  # of `_dropped`: rows accepted by put, then lost
         self._commits = 0
+        self._pruned = 0
+        self._prune_passes = 0
+        # The newest set_retention, not yet taken by the writer thread (under _lock; the latest wins).
+        self._retention_offer: tuple[dict[str, int], int] | None = None
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         # Writer-thread state only:
         self._db: sqlite3.Connection | None = None
         self._inode: tuple[int, int] | None = None
+        self._wal_inode: tuple[int, int] | None = None  # the -wal file SQLite has open, once it exists
         self._next_open = 0.0
         self._reported: dict[str, float] = {}
         self._failing = False  # a failure was reported and no success since: report the recovery
+        self._keep: dict[str, int] | None = None  # None until the first set_retention: no keep pruning
+        self._default_keep = DEFAULT_KEEP
+        self._grown: dict[str, int] = {}  # rows inserted per task since its last keep check
+        self._to_check: set[str] = set()  # tasks due a keep check
+        self._sweep_all = False  # every task in the database is due a keep check
+        self._age_due = False
+        self._next_age = 0.0  # monotonic time of the next age pass
+        self._prune_hold = 0.0  # after a failure: no pass before this monotonic time
+        self._pruning: Iterator[None] | None = None  # the pass under way, one step per next()
 
     # -- any thread -------------------------------------------------------------------------------
 
@@ -161,9 +223,35 @@ class HistoryWriter:
 
     @property
     def commits(self) -> int:
-        """Transactions committed (one per batch)."""
+        """Transactions committed (one per batch of rows; pruning's own are not counted)."""
         with self._lock:
             return self._commits
+
+    @property
+    def pruned(self) -> int:
+        """Rows deleted by retention (age and keep limits)."""
+        with self._lock:
+            return self._pruned
+
+    @property
+    def prune_passes(self) -> int:
+        """Pruning passes completed (one at each open, then periodic and per-task ones)."""
+        with self._lock:
+            return self._prune_passes
+
+    def set_retention(self, keep: Mapping[str, int], default_keep: int = DEFAULT_KEEP) -> None:
+        """Hand the writer thread how many rows to keep per task (`default_keep` for tasks not named).
+
+        Never blocks (a short lock): the limits are copied into a field the writer thread takes
+        when it next wakes, rather than queued with the rows, so a full queue cannot lose them and
+        only the latest call counts. Call it before or after `start`, and again after each reload;
+        tasks whose limit went down are checked soon, the others when they next grow.
+        """
+        offer = ({name: _bounded_keep(n) for name, n in keep.items()}, _bounded_keep(default_keep))
+        with self._lock:
+            self._retention_offer = offer
+        with contextlib.suppress(queue.Full):  # a wake-up call; a full queue wakes the thread anyway
+            self._queue.put_nowait(None)
 
     def start(self) -> None:
         """Start the writer's thread, which opens (or creates) the database itself."""
@@ -227,6 +315,7 @@ class HistoryWriter:
         try:
             self._open()
             while not self._closing.is_set():
+                self._take_retention()
                 timeout: float | None = None
                 now = time.monotonic()
                 if pending:
@@ -234,6 +323,10 @@ class HistoryWriter:
                 if self._db is None:
                     wait = max(0.0, self._next_open - now)
                     timeout = wait if timeout is None else min(timeout, wait)
+                else:
+                    prune_wait = self._prune_wait(now)
+                    if prune_wait is not None:
+                        timeout = prune_wait if timeout is None else min(timeout, prune_wait)
                 try:
                     row = self._queue.get(timeout=timeout)
                 except queue.Empty:
@@ -244,9 +337,15 @@ class HistoryWriter:
                     pending.append(row)
                 if self._db is None and time.monotonic() >= self._next_open:
                     self._open()
+                committed = False
                 if pending and (len(pending) >= self._batch_rows or time.monotonic() >= due):
                     self._commit(pending)
                     pending = []
+                    committed = True
+                # One pruning step when nothing waits in the queue, or after a commit: under a steady
+                # flow of rows, pruning still gets one step per batch.
+                if row is None or committed:
+                    self._prune_step()
             # Closing: one more try to open (the stop should not wait for the retry timer), then
             # write everything already queued. put() refuses new rows from now on.
             if self._db is None:
@@ -310,6 +409,12 @@ class HistoryWriter:
                                                    f"can (trying again every {self._retry_seconds:g} s)")
             return
         self._succeeded()
+        # A database just opened may hold anything (a long stop, another torch's limits): a full pass.
+        self._age_due = True
+        self._sweep_all = self._keep is not None
+        self._grown.clear()
+        self._prune_hold = 0.0
+        self._next_age = time.monotonic() + self._prune_seconds
 
     def _prepare_file(self, path: Path, *, create: bool) -> tuple[int, int] | None:
         """Create (or check) one of the database's files without following a symlink; return its inode.
@@ -405,18 +510,26 @@ class HistoryWriter:
         return base
 
     def _close_db(self) -> None:
-        db, self._db, self._inode = self._db, None, None
+        db, self._db, self._inode, self._wal_inode = self._db, None, None, None
+        self._pruning = None  # its steps hold the old connection; the next open starts a full pass
         if db is not None:
             with contextlib.suppress(sqlite3.Error):
                 db.close()
 
     def _still_ours(self) -> bool:
-        """Whether the path still names the file we have open (an admin may have removed or moved it)."""
+        """Whether the path still names the file we have open (an admin may have removed or moved it).
+
+        The -wal file too: SQLite keeps writing into a removed WAL it has open, where no reader
+        finds the rows (and a crash loses them). Closing the connection checkpoints that WAL into
+        the database through the descriptors it holds, so reopening loses nothing.
+        """
         try:
             st = os.lstat(self.path)
         except OSError:
             return False
-        return (st.st_dev, st.st_ino) == self._inode
+        if (st.st_dev, st.st_ino) != self._inode:
+            return False
+        return self._wal_inode is None or _inode_of(f"{self.path}-wal") == self._wal_inode
 
     # -- writing ----------------------------------------------------------------------------------
 
@@ -456,6 +569,7 @@ class HistoryWriter:
                                                     f"{_one_line(exc)}; {len(batch)} rows dropped (the next "
                                                     "batches will try again)")
             return
+        self._wal_inode = _inode_of(f"{self.path}-wal")
         with self._lock:
             self._written += applied
             self._dropped += len(batch) - applied
@@ -490,25 +604,154 @@ class HistoryWriter:
             db.execute(_INSERT_BEGAN, (row.run_id, row.task, row.trigger, row.attempt, row.scheduled_at,
                                        row.started_at, row.host, row.pid, row.lateness_ms, row.generation,
                                        row.config_hash))
+            self._grew(row.task)
         elif isinstance(row, RunFinished):
             head, tail, elided = _bounded_output(row)
             cur = db.execute(_UPDATE_FINISHED, (row.ended_at, row.status, row.exit_code, row.signal, row.duration_s,
                                                 row.cpu_s, row.max_rss_kb, head, tail, elided, row.output_bytes,
-                                                row.dropped_bytes, row.error, row.run_id))
+                                                row.dropped_bytes, row.error, row.reason, row.run_id))
             if cur.rowcount == 0:  # no RunBegan row: the spawn failed, or its RunBegan was dropped
                 db.execute(_INSERT_FINISHED, (row.run_id, row.task, row.trigger, row.scheduled_at,
                                               row.ended_at - row.duration_s, row.ended_at, row.host, row.status,
                                               row.exit_code, row.signal, row.duration_s, row.cpu_s, row.max_rss_kb,
                                               row.generation, row.config_hash, head, tail, elided,
-                                              row.output_bytes, row.dropped_bytes, row.error))
+                                              row.output_bytes, row.dropped_bytes, row.error, row.reason))
+                self._grew(row.task)
         elif isinstance(row, NonRun):
             db.execute(_INSERT_NONRUN, (row.run_id, row.task, row.kind, row.scheduled_at, row.at, row.host,
                                         row.kind, row.reason, row.detail, row.missed_first, row.missed_last,
                                         row.missed_count, row.generation, row.config_hash))
+            self._grew(row.task)
         elif isinstance(row, RunsLost):
             db.execute(_MARK_LOST, (row.ended_at, row.error))
         else:
             raise sqlite3.ProgrammingError(f"not a history row: {row!r}")
+
+    # -- retention (the writer's thread) ----------------------------------------------------------
+
+    def _take_retention(self) -> None:
+        """Adopt the limits set_retention offered, if any; mark the tasks whose limit went down."""
+        with self._lock:
+            offer, self._retention_offer = self._retention_offer, None
+        if offer is None:
+            return
+        keep, default = offer
+        old, old_default = self._keep, self._default_keep
+        self._keep, self._default_keep = keep, default
+        if old is None or default < old_default:
+            # Tasks named nowhere (removed ones) are only found in the database itself.
+            self._sweep_all = self._db is not None
+            if old is None:
+                self._grown.clear()
+            return
+        for name in keep.keys() | old.keys():
+            if keep.get(name, default) < old.get(name, old_default):
+                self._to_check.add(name)
+
+    def _keep_of(self, task: str) -> int:
+        return (self._keep or {}).get(task, self._default_keep)
+
+    def _grew(self, task: str) -> None:
+        """Count a row inserted for `task`; mark it due a keep check after a tenth of its keep."""
+        if self._keep is None:
+            return  # the first set_retention sweeps every task anyway
+        n = self._grown.get(task, 0) + 1
+        if n >= max(1, self._keep_of(task) // _KEEP_SLACK):
+            self._to_check.add(task)
+            n = 0
+        self._grown[task] = n
+
+    def _prune_wait(self, now: float) -> float | None:
+        """Seconds until pruning needs the thread (0: a pass is under way or due now); None: never."""
+        if self._pruning is not None:
+            return 0.0
+        if now < self._prune_hold:
+            return self._prune_hold - now
+        if self._age_due or self._sweep_all or self._to_check:
+            return 0.0
+        return max(0.0, self._next_age - now) if self._max_age_s is not None else None
+
+    def _prune_step(self) -> None:
+        """Do one bounded step of pruning (one short transaction at most), starting a pass if one is due."""
+        db = self._db
+        if db is None:
+            return
+        if self._pruning is None:
+            now = time.monotonic()
+            if now < self._prune_hold:
+                return
+            if now >= self._next_age:
+                self._age_due = self._age_due or self._max_age_s is not None
+                self._next_age = now + self._prune_seconds
+            if not (self._age_due or self._sweep_all or self._to_check):
+                return
+            tasks: Iterable[str] | None = None if self._sweep_all else sorted(self._to_check)
+            self._pruning = self._prune_pass(db, self._age_due, tasks if self._keep is not None else ())
+            self._age_due = self._sweep_all = False
+            self._to_check = set()
+        try:
+            next(self._pruning)
+        except StopIteration:
+            self._pruning = None
+            with self._lock:
+                self._prune_passes += 1
+        except Exception as exc:  # pruning is housekeeping: whatever goes wrong, rows are still written
+            self._pruning = None
+            # Whatever the failed pass had to do is done by a full pass, after a pause.
+            self._age_due = self._max_age_s is not None
+            self._sweep_all = self._keep is not None
+            self._prune_hold = time.monotonic() + self._prune_seconds
+            self._report("prune:" + _one_line(exc), f"history.prune_failed: cannot delete old rows from "
+                                                    f"{self.path}: {_one_line(exc)}; trying again in "
+                                                    f"{self._prune_seconds:g} s")
+
+    def _prune_pass(self, db: sqlite3.Connection, age: bool, tasks: Iterable[str] | None) -> Iterator[None]:
+        """The steps of one pass: the age limit, then the keep limit of `tasks` (None: every task found)."""
+        if age and self._max_age_s is not None:
+            cutoff = self._clock() - self._max_age_s
+            for sql in (_PRUNE_OLD, _PRUNE_OLD_UNSTARTED):
+                yield from self._delete_batches(db, sql, (cutoff,))
+        for task in (self._tasks_in(db) if tasks is None else tasks):
+            found = db.execute(_KEEP_CUTOFF, (task, self._keep_of(task) - 1)).fetchone()
+            yield
+            if found is not None and found[0] is not None:
+                yield from self._delete_batches(db, _PRUNE_BEYOND, (task, found[0]))
+
+    def _tasks_in(self, db: sqlite3.Connection) -> Iterator[str]:
+        found = db.execute(_NEXT_TASK, ("",)).fetchone()
+        while found is not None:
+            yield found[0]
+            found = db.execute(_NEXT_TASK, (found[0],)).fetchone()
+
+    def _delete_batches(self, db: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> Iterator[None]:
+        """Run `sql` (which deletes at most its last parameter's rows), one transaction a step, until it runs dry."""
+        while True:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                deleted = db.execute(sql, (*params, self._prune_batch)).rowcount
+                db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise
+            with self._lock:
+                self._pruned += deleted
+            yield
+            if deleted < self._prune_batch:
+                return
+
+
+def _bounded_keep(n: int) -> int:
+    # At least the newest row, and a number SQLite can bind (an OFFSET beyond int64 would raise).
+    return min(max(1, int(n)), _SQLITE_INT_MAX)
+
+
+def _inode_of(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _mid_second_delay(batch_seconds: float) -> float:
