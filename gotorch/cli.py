@@ -16,12 +16,12 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from gotorch import __version__
-from gotorch.config import Config, ConfigError, ConfigInvalid, Task, load_config
+from gotorch.config_errors import ConfigError, ConfigInvalid
 from gotorch.durations import format_duration, parse_duration
 from gotorch.history.query import (
     NONRUN_STATUSES,
@@ -36,9 +36,11 @@ from gotorch.history.query import (
     task_exists,
 )
 from gotorch.hosts import IPAddress, host_addresses, local_timezone, match
-from gotorch.schedule import Fire, dst_warnings, fires
 from gotorch.trustedfs import Untrusted
-from gotorch.why import Question, explain, fires_around, wall_time_note
+
+if TYPE_CHECKING:  # the task-file parser (YAML, croniter) loads only for the commands that read one
+    from gotorch.config import Config, Task
+    from gotorch.schedule import Fire
 
 F = TypeVar("F", bound=Callable[..., Any])
 CONFIG_ENV = "TORCH_CONFIG"
@@ -87,6 +89,8 @@ def state_dir_option(f: F) -> F:
 
 
 def _load(path: Path, *, check_accounts: bool = True, trusted: bool = False) -> Config:
+    from gotorch.config import load_config
+
     return load_config(path, check_accounts=check_accounts, default_timezone=local_timezone().key,
                        trust_euid=os.geteuid() if trusted else None)
 
@@ -118,6 +122,8 @@ def cli() -> None:
 
 def task_warnings(config: Config, now: datetime) -> list[dict[str, Any]]:
     """DST warnings for the next 12 months, located at each task's line."""
+    from gotorch.schedule import dst_warnings
+
     out: list[dict[str, Any]] = []
     for t in config.tasks:
         if t.schedule is None or not t.enabled:
@@ -199,6 +205,8 @@ def _split_file_and_tasks(args: tuple[str, ...]) -> tuple[str | None, list[str]]
 
 def next_fires(config: Config, names: list[str], n: int, start: datetime | None) -> list[tuple[Task, list[Fire]]]:
     """The next `n` fires of each named task (all tasks if none named), strictly after `start`."""
+    from gotorch.schedule import fires
+
     by_name = config.by_name()
     unknown = [x for x in names if x not in by_name]
     if unknown:
@@ -865,6 +873,8 @@ def _parse_at(text: str | None, tz: tzinfo, now: float) -> tuple[float, bool, st
     A duration is that long ago, like `history --since`, and names no instant ("about 2h ago"); an
     ISO-8601 time without offset is wall time in `tz` (the task's zone), like `next --from`.
     """
+    from gotorch.why import wall_time_note
+
     if text is None:
         return now, False, None
     try:
@@ -905,6 +915,8 @@ def why(task: str, config_opt: str | None, state_dir: str | None, as_json: bool,
     need not run. Exit 0 with an answer; 1 if TASK is not in the task file or the history cannot
     be read; 2 usage.
     """
+    from gotorch.why import Question, explain, fires_around
+
     now = time.time()
     path = resolve_config(config_opt, None)
     config = _load_or_exit(path)

@@ -30,6 +30,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from gotorch import accounts
+from gotorch.config_errors import ConfigError as ConfigError
+from gotorch.config_errors import ConfigInvalid as ConfigInvalid
 from gotorch.durations import DURATION_HINT, SIZE_HINT, parse_duration, parse_size
 from gotorch.hosts import IPNetwork
 from gotorch.schedule import Schedule, ScheduleError, forget_parsed, parse_schedule
@@ -77,53 +79,6 @@ class Task:
     def tz(self) -> ZoneInfo:
         """The task's zone as a ZoneInfo (cached by zoneinfo itself)."""
         return ZoneInfo(self.timezone)
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigError:
-    """One problem in a task file, located and with a way to fix it."""
-
-    file: str
-    line: int
-    col: int
-    field: str
-    problem: str
-    hint: str = ""
-    task: str | None = None
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}:{self.col}: " if self.line else f"{self.file}: "
-        who = f"task {self.task}: " if self.task is not None else ""
-        what = f"{self.field}: " if self.field else ""
-        hint = f"; {self.hint}" if self.hint else ""
-        return f"{where}{who}{what}{self.problem}{hint}"
-
-    def as_dict(self) -> dict[str, Any]:
-        """A JSON-ready form for `torch check --json` and status."""
-        return {
-            "file": self.file,
-            "line": self.line,
-            "col": self.col,
-            "task": _strip_quotes(self.task),
-            "field": self.field,
-            "problem": self.problem,
-            "hint": self.hint,
-            "message": str(self),
-        }
-
-
-def _strip_quotes(label: str | None) -> str | None:
-    if label is not None and label.startswith("'") and label.endswith("'"):
-        return label[1:-1]
-    return label
-
-
-class ConfigInvalid(Exception):
-    """The file has errors; nothing from it may be used."""
-
-    def __init__(self, errors: list[ConfigError]) -> None:
-        super().__init__("\n".join(str(e) for e in errors))
-        self.errors = errors
 
 
 @dataclass(frozen=True)
