@@ -16,11 +16,20 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from gotorch import __version__
+from gotorch.cli_control import kill, run, watch
+from gotorch.cli_options import (
+    CONFIG_ENV,
+    config_option,
+    host_ips_option,
+    json_option,
+    parse_time,
+    state_dir_option,
+)
 from gotorch.config_errors import ConfigError, ConfigInvalid
 from gotorch.durations import format_duration, parse_duration
 from gotorch.history.query import (
@@ -42,8 +51,6 @@ if TYPE_CHECKING:  # the task-file parser (YAML, croniter) loads only for the co
     from gotorch.config import Config, Task
     from gotorch.schedule import Fire
 
-F = TypeVar("F", bound=Callable[..., Any])
-CONFIG_ENV = "TORCH_CONFIG"
 LOCAL_DEFAULT = Path("etc/tasks.yaml")
 SYSTEM_DEFAULT = Path("/etc/torch/tasks.yaml")
 
@@ -62,30 +69,6 @@ def resolve_config(option: str | None, positional: str | None) -> Path:
         raise click.UsageError(f"two task files given: -c {option} and {positional}; give one")
     chosen = option or positional
     return Path(chosen) if chosen else default_config_path()
-
-
-def config_option(f: F) -> F:
-    """`-c/--config FILE`, accepted after every subcommand name."""
-    return click.option("-c", "--config", "config_opt", metavar="FILE",
-                        help=f"Task file (default: ${CONFIG_ENV}, ./etc/tasks.yaml, /etc/torch/tasks.yaml).")(f)
-
-
-def json_option(f: F) -> F:
-    """`--json`: machine-readable output on stdout."""
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON for programs.")(f)
-
-
-def host_ips_option(f: F) -> F:
-    """`--host-ips A,B`: this host's addresses, overriding interface discovery."""
-    return click.option("--host-ips", metavar="A,B", default=None,
-                        help="This host's addresses (default: $TORCH_HOST_IPS, else every interface address).")(f)
-
-
-def state_dir_option(f: F) -> F:
-    """`--state-dir DIR`: where the daemon keeps pidfile, log, socket and status."""
-    return click.option("--state-dir", metavar="DIR", default=None,
-                        help="Daemon state directory (default: $TORCH_STATE_DIR, else /run/torch etc. as root, "
-                             "XDG dirs otherwise).")(f)
 
 
 def _load(path: Path, *, check_accounts: bool = True, trusted: bool = False) -> Config:
@@ -676,25 +659,13 @@ def _no_history() -> None:
     click.echo("no history yet", err=True)
 
 
-def _parse_time(text: str, param: str) -> float:
-    try:
-        at = datetime.fromisoformat(text)
-    except ValueError:
-        hint = "a duration (2h, 30m, 1d) or " if param == "--since" else ""
-        raise click.BadParameter(f"{text!r} is not {hint}an ISO-8601 time (e.g. 2027-03-28T01:00:00+01:00)",
-                                 param_hint=param) from None
-    if at.tzinfo is None:  # like `next --from`: a time without offset is local wall time
-        at = at.replace(tzinfo=local_timezone())
-    return at.timestamp()
-
-
 def _parse_since(text: str | None, now: float) -> float | None:
     if text is None:
         return None
     try:
         ago = parse_duration(text)
     except ValueError:
-        return _parse_time(text, "--since")
+        return parse_time(text, "--since")
     if ago < 0:
         raise click.BadParameter(f"{text!r}: a duration ago cannot be negative", param_hint="--since")
     return now - ago
@@ -751,7 +722,7 @@ def history_cmd(tasks: tuple[str, ...], config_opt: str | None, state_dir: str |
 
     wanted = _parse_statuses(statuses)
     since_t = _parse_since(since, time.time())
-    until_t = None if until is None else _parse_time(until, "--until")
+    until_t = None if until is None else parse_time(until, "--until")
     # Asking for skipped or missed rows by status means wanting them: no need to add --all too.
     include_nonruns = all_ or any(s in NONRUN_STATUSES for s in wanted)
 
@@ -953,6 +924,12 @@ def why(task: str, config_opt: str | None, state_dir: str | None, as_json: bool,
         sys.exit(1)
 
 
+cli.add_command(run)
+cli.add_command(kill)
+cli.add_command(watch)
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="torch")
+

@@ -26,7 +26,7 @@ import json
 import os
 import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ MAX_CLIENTS = 64  # connections served at once; more are refused (each costs an 
 STREAM_BUFFER = 10_000  # events a streaming client may be behind before it is dropped
 
 Message = dict[str, Any]
-Reply = Message | AsyncIterator[Message]
+Reply = Message | AsyncIterable[Message]
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,18 +197,23 @@ class Server:
             return
         await self._stream(reply, reader, writer)
 
-    async def _stream(self, replies: AsyncIterator[Message], reader: asyncio.StreamReader,
+    async def _stream(self, replies: AsyncIterable[Message], reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter) -> None:
-        # The client ends a stream by going away: watch for its EOF while sending.
+        # The client ends a stream by going away: watch for its EOF while sending, and end a Stream
+        # at once (it may be waiting for events that come hours later).
         gone = asyncio.ensure_future(reader.read(1))
+        close = getattr(replies, "close", None)
+        if close is not None:
+            gone.add_done_callback(lambda _f: close())
+        it = aiter(replies)
         try:
-            async for message in replies:
+            async for message in it:
                 if gone.done():
                     return
                 await _send(writer, message)
         finally:
             gone.cancel()
-            aclose = getattr(replies, "aclose", None)
+            aclose = getattr(it, "aclose", None)
             if aclose is not None:
                 with contextlib.suppress(Exception):
                     await aclose()
@@ -231,7 +236,7 @@ def _parse(line: bytes) -> tuple[Message, Message | None]:
 
 
 async def _send(writer: asyncio.StreamWriter, message: Message) -> None:
-    writer.write(json.dumps(message).encode() + b"\n")
+    writer.write(json.dumps(message, default=str).encode() + b"\n")
     await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
 
 

@@ -57,6 +57,14 @@ class RunStarted(Event):
     attempt: int = 1
     scheduled_ts: float | None = None
     started_ts: float | None = None
+    requested_by: str | None = None  # a manual run: who asked
+
+    def data(self) -> dict[str, Any]:
+        """Fields; `requested_by` only for the runs someone asked for."""
+        d = Event.data(self)
+        if self.requested_by is None:
+            del d["requested_by"]
+        return d
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,6 +324,17 @@ class StopForced(Event):
     signal: str
 
 
+@dataclass(frozen=True, slots=True)
+class ManualRunDropped(Event):
+    """A manual run asked for later never started: cancelled (`torch kill --pending`) or refused when due."""
+
+    name: ClassVar[str] = "run.manual_dropped"
+    task: str
+    run_id: str
+    status: str  # cancelled | skipped
+    detail: str
+
+
 # --- the daemon (published by the service) -----------------------------------------------------------
 
 
@@ -501,7 +520,8 @@ class Bus:
 
     def publish(self, event: Event) -> None:
         """Deliver `event` to every subscriber now."""
-        for subscriber in self._subscribers:
+        # A snapshot: a subscriber may unsubscribe itself (or another) while handling the event.
+        for subscriber in tuple(self._subscribers):
             try:
                 subscriber(event)
             except Exception as exc:

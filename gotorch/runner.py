@@ -105,6 +105,7 @@ class RunSpec:
     # Why the run exists and which try it is: passed through to the events, not interpreted here.
     trigger: str = "schedule"
     attempt: int = 1
+    requested_by: str | None = None  # who asked for a manual run or a kill (e.g. "root (uid 0)")
 
 
 RunStatus = Literal["ok", "failed", "timeout", "killed"]
@@ -410,7 +411,8 @@ class Runner:
         # any subscriber pays for formatting a log line; it still precedes any output.
         self._loop.call_soon(self._bus.publish,
                              RunStarted(spec.task, spec.run_id, run.pid, run.scheduled_at, lateness,
-                                        spec.trigger, spec.attempt, spec.scheduled_ts, started_at))
+                                        spec.trigger, spec.attempt, spec.scheduled_ts, started_at,
+                                        spec.requested_by))
         return run
 
     def _spawn_failed(self, spec: RunSpec, error: str) -> None:
@@ -630,17 +632,25 @@ class Runner:
         self._bus.publish(RunTimedOut(run.spec.task, run.spec.run_id, run.pid, run.spec.timeout))
         self._term_then_kill(run, run.spec.kill_timeout, "timeout")
 
-    def terminate(self, run: Run, reason: str = "stopped on request") -> None:
-        """SIGTERM the run's process group and escaped processes; SIGKILL after its kill_timeout.
+    def terminate(self, run: Run, reason: str = "stopped on request", sig: signal.Signals = signal.SIGTERM) -> None:
+        """Send `sig` (TERM) to the run's process group and escaped processes; KILL after its kill_timeout.
 
         The run ends with status `killed` and `reason` (e.g. "task changed by a reload") unless it
         had already exited, or was already being stopped (timeout, shutdown): that first reason stays.
+        A stop already counting down to its KILL keeps its clock; `sig` is still sent.
         """
         if run.ended and run.spec.run_id not in self._escalations:
             return
+        if sig == signal.SIGKILL:
+            self.kill_now(run, reason)
+            return
         if not run.exited and run.cause is None:
             run.cause, run.reason = "killed", reason
-        self._term_then_kill(run, run.spec.kill_timeout, "terminate")
+        if run.spec.run_id in self._escalations:
+            if sig != signal.SIGTERM:
+                self._send(run, sig, "terminate")
+            return
+        self._term_then_kill(run, run.spec.kill_timeout, "terminate", sig)
 
     def kill_now(self, run: Run, reason: str = "killed on request") -> None:
         """SIGKILL the run's process group and escaped processes at once (e.g. a second SIGTERM).
@@ -657,10 +667,10 @@ class Runner:
             run.cause, run.reason = "killed", reason
         self._kill_all([run], "kill")
 
-    def _term_then_kill(self, run: Run, grace: float, reason: str) -> None:
+    def _term_then_kill(self, run: Run, grace: float, reason: str, sig: signal.Signals = signal.SIGTERM) -> None:
         if run.spec.run_id in self._escalations:
             return  # a TERM is already counting down to its KILL; do not restart the clock
-        escaped = self._send(run, signal.SIGTERM, reason)
+        escaped = self._send(run, sig, reason)
         handle = self._loop.call_later(grace, self._escalate, run, reason)
         self._escalations[run.spec.run_id] = _Escalation(run, handle, escaped, reason)
 

@@ -299,17 +299,29 @@ class Scheduler:
         if self.delayed.take(task.name, token) and task.name in self.states and not self.stopping:
             self._start(task, scheduled)
 
-    def _start(self, task: Task, scheduled: int | None, trigger: str | None = None) -> None:
+    def new_run_id(self) -> str:
+        """A run id unique across daemons and hosts (see `_start`)."""
+        return f"{self._id_prefix}{next(self._seq):x}"
+
+    def start_manual(self, task: Task, run_id: str, requested_by: str, scheduled: int | None = None) -> None:
+        """Start a run someone asked for (`torch run`): trigger `manual`, with who asked.
+
+        The caller has checked that the task applies here and what its max_instances allows.
+        """
+        self._start(task, scheduled, "manual", run_id=run_id, requested_by=requested_by)
+
+    def _start(self, task: Task, scheduled: int | None, trigger: str | None = None, *, run_id: str | None = None,
+               requested_by: str | None = None) -> None:
         # Globally unique, not just per daemon: the runner finds escaped processes by TORCH_RUN_ID, and
         # a run id shared with another daemon (or a previous one's leftovers) would get them killed too.
-        run_id = f"{self._id_prefix}{next(self._seq):x}"
+        run_id = run_id or self.new_run_id()
         spec = RunSpec(
             task=task.name, run_id=run_id, command=task.command,
             env=(*task.env, ("TORCH_STATE_DIR", str(self.state_dir))),
             workdir=task.workdir, user=task.user, group=task.group, timeout=task.timeout,
             kill_timeout=task.kill_timeout, output_limit=task.output_limit,
             scheduled_ts=float(scheduled) if scheduled is not None else None,
-            trigger=trigger or _trigger_of(task),
+            trigger=trigger or _trigger_of(task), requested_by=requested_by,
         )
         if scheduled is not None:
             st = self.states.get(task.name)

@@ -29,6 +29,7 @@ from typing import Any
 
 from gotorch import accounts, control
 from gotorch import log as logmod
+from gotorch.commands import Commands
 from gotorch.config import Config, ConfigError, Task, release_free_memory
 from gotorch.daemon import Paths
 from gotorch.events import (
@@ -131,6 +132,7 @@ class Service:
         self.recorder: Recorder | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.scheduler: Scheduler | None = None
+        self.commands: Commands | None = None
         self.watcher: FileWatcher | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -145,6 +147,7 @@ class Service:
         subreaper = set_child_subreaper()
         sched = Scheduler(loop, state_dir=self.paths.state_dir, stop_timeout=self.stop_timeout, bus=self.bus)
         self.scheduler = sched
+        self.commands = Commands(loop, sched, self.bus, lambda: self.config, lambda: self.addresses)
         self._install_signals(loop, {
             signal.SIGCHLD: sched.runner.reap,
             signal.SIGTERM: lambda: sched.request_stop("SIGTERM"),
@@ -237,13 +240,16 @@ class Service:
         self.bus.publish(ControlRefused(peer.pid, peer.uid, peer.gid))
 
     def handle_request(self, request: dict[str, Any], peer: control.Peer) -> control.Reply:
-        """Answer a control-socket request (`{"cmd": "status"}` or `{"cmd": "reload"}`) from `peer`."""
+        """Answer a control-socket request from `peer`: status, reload, run, kill, watch."""
         cmd = request.get("cmd")
         if cmd == "status":
             return {"ok": True, "status": self.status()}
         if cmd == "reload":
             self.request_reload("socket")
             return {"ok": True, "reloads": self.reloads}
+        if self.commands is not None and cmd in ("run", "kill", "watch"):
+            handler: Callable[[dict[str, Any], control.Peer], control.Reply] = getattr(self.commands, cmd)
+            return handler(request, peer)
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop, handlers: dict[int, Callable[[], None]]) -> None:
@@ -439,6 +445,8 @@ class Service:
                 "ok": self.last_reload.ok, "at": _iso(self.last_reload.at), "trigger": self.last_reload.trigger,
                 "errors": self.last_reload.errors},
             "tasks": tasks,
+            "pending_runs": [] if self.commands is None else
+            [p.to_json() for p in sorted(self.commands.pending.values(), key=lambda p: p.at)],
         }
 
 

@@ -85,6 +85,7 @@ def test_a_version_1_database_migrates_to_the_latest_and_keeps_its_rows(tmp_path
         assert schema.migrate(db) == 1
         assert schema.version(db) == schema.VERSION
         assert columns(db)[:len(v1_columns)] == v1_columns  # migrations only ever add
+        assert "requested_by" in columns(db)[len(v1_columns):]  # v2: who asked for a manual run
         got = db.execute("SELECT run_id, task, kind, started_at, status, output_head, reason FROM runs "
                          "ORDER BY run_id").fetchall()
         assert got == [("r1", "a", "run", 1.0, "ok", b"\x00\xff", None),

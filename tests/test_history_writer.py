@@ -197,7 +197,8 @@ def test_finished_without_began_inserts_a_full_row(make: Any, state: Path) -> No
         "exit_code": None, "signal": None, "lateness_ms": None, "duration_s": 0.25, "cpu_s": None,
         "max_rss_kb": None, "generation": 4, "config_hash": "def", "output_head": b"", "output_tail": b"",
         "output_elided": 0, "output_bytes": 0, "dropped_bytes": 0, "reason": None, "detail": None,
-        "missed_first": None, "missed_last": None, "missed_count": None, "error": "no such user"}
+        "missed_first": None, "missed_last": None, "missed_count": None, "error": "no such user",
+        "requested_by": None}
 
 
 def test_oversized_output_is_cut_and_counted_as_elided(make: Any, state: Path) -> None:

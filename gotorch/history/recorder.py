@@ -84,7 +84,7 @@ class Recorder:
             self._sink.put(RunBegan(
                 event.run_id, event.task, event.trigger, event.attempt, event.scheduled_ts,
                 event.started_ts if event.started_ts is not None else self._clock(), self._host, event.pid,
-                event.lateness_ms, self.generation, self.config_hash))
+                event.lateness_ms, self.generation, self.config_hash, event.requested_by))
         elif isinstance(event, RunEnded):
             out = self._outputs.pop(event.run_id, None) or _Output()
             self._sink.put(RunFinished(

@@ -23,6 +23,7 @@ class RunBegan:
     lateness_ms: float | None
     generation: int
     config_hash: str
+    requested_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sqlite3
 
-VERSION = 1
+VERSION = 2
 
 # Forward migrations: MIGRATIONS[v] brings a database at version v to v + 1.
 MIGRATIONS: dict[int, str] = {
@@ -59,6 +59,10 @@ MIGRATIONS: dict[int, str] = {
     CREATE INDEX runs_by_task ON runs (task, started_at DESC);
     CREATE INDEX runs_by_time ON runs (started_at DESC);
     CREATE INDEX runs_running ON runs (status) WHERE status = 'running';
+    """,
+    # v2: who asked for a manual run (`torch run`), e.g. "root (uid 0)"; NULL for everything else.
+    1: """
+    ALTER TABLE runs ADD COLUMN requested_by TEXT;
     """,
 }
 

@@ -71,8 +71,8 @@ _SQLITE_INT_MAX = 2**63 - 1
 
 _INSERT_BEGAN = """
 INSERT OR REPLACE INTO runs (run_id, task, kind, trigger, attempt, scheduled_at, started_at, host, pid,
-                             status, lateness_ms, generation, config_hash)
-VALUES (?, ?, 'run', ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)
+                             status, lateness_ms, generation, config_hash, requested_by)
+VALUES (?, ?, 'run', ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)
 """
 _UPDATE_FINISHED = """
 UPDATE runs SET ended_at = ?, status = ?, exit_code = ?, signal = ?, duration_s = ?, cpu_s = ?, max_rss_kb = ?,
@@ -183,6 +183,7 @@ class HistoryWriter:
         # The newest set_retention, not yet taken by the writer thread (under _lock; the latest wins).
         self._retention_offer: tuple[dict[str, int], int] | None = None
         self._closing = threading.Event()
+        self._wake = threading.Event()  # an open batch's early wake-up: full, or closing
         self._thread: threading.Thread | None = None
         # Writer-thread state only:
         self._db: sqlite3.Connection | None = None
@@ -265,8 +266,11 @@ class HistoryWriter:
         if not self._closing.is_set():
             with self._lock:  # counted first, so `queued` never goes below zero
                 self._accepted += 1
+                full = self._accepted - self._written - self._dropped_in_writer >= self._batch_rows
             try:
                 self._queue.put_nowait(row)
+                if full:
+                    self._wake.set()  # a full batch is waiting: commit it now, not at its due time
                 return True
             except queue.Full:
                 with self._lock:
@@ -287,6 +291,7 @@ class HistoryWriter:
         if thread is not None:
             with contextlib.suppress(queue.Full):  # a full queue wakes the thread anyway
                 self._queue.put_nowait(None)
+            self._wake.set()
             thread.join(timeout)
             if thread.is_alive():
                 return False
@@ -327,14 +332,24 @@ class HistoryWriter:
                     prune_wait = self._prune_wait(now)
                     if prune_wait is not None:
                         timeout = prune_wait if timeout is None else min(timeout, prune_wait)
-                try:
-                    row = self._queue.get(timeout=timeout)
-                except queue.Empty:
-                    row = None
-                if row is not None:
-                    if not pending:
+                if pending:
+                    # A batch is open: sleep until it is due (or full, or the writer closes) and
+                    # then take what came meanwhile at once. Waking for each row would have this
+                    # thread contend for the GIL with the loop exactly while it starts a second's
+                    # runs, which is when their rows arrive.
+                    self._wake.wait(timeout)
+                    self._wake.clear()
+                    took = self._take_queued(pending)
+                    row = pending[-1] if took else None
+                else:
+                    try:
+                        row = self._queue.get(timeout=timeout)
+                    except queue.Empty:
+                        row = None
+                    if row is not None:
                         due = time.monotonic() + _mid_second_delay(self._batch_seconds)
-                    pending.append(row)
+                        pending.append(row)
+                        self._take_queued(pending)  # rows that came with it (their wake-up may be spent)
                 if self._db is None and time.monotonic() >= self._next_open:
                     self._open()
                 committed = False
@@ -366,6 +381,17 @@ class HistoryWriter:
             raise
         finally:
             self._close_db()
+
+    def _take_queued(self, pending: list[Row]) -> int:
+        """Move what is queued into `pending`, up to a full batch; return how many rows were taken."""
+        took = 0
+        with contextlib.suppress(queue.Empty):
+            while len(pending) < self._batch_rows:
+                row = self._queue.get_nowait()
+                if row is not None:
+                    pending.append(row)
+                    took += 1
+        return took
 
     def _report(self, key: str, message: str, *, force: bool = False) -> None:
         """Pass `message` to on_error, unless the failure `key` was reported less than a minute ago."""
@@ -603,7 +629,7 @@ class HistoryWriter:
         if isinstance(row, RunBegan):
             db.execute(_INSERT_BEGAN, (row.run_id, row.task, row.trigger, row.attempt, row.scheduled_at,
                                        row.started_at, row.host, row.pid, row.lateness_ms, row.generation,
-                                       row.config_hash))
+                                       row.config_hash, row.requested_by))
             self._grew(row.task)
         elif isinstance(row, RunFinished):
             head, tail, elided = _bounded_output(row)
