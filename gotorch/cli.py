@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from gotorch import __version__
-from gotorch.cli_control import kill, run, watch
+from gotorch.cli_control import kill, pause, resume, run, watch
 from gotorch.cli_options import (
     CONFIG_ENV,
     config_option,
@@ -549,6 +549,8 @@ def status(config_opt: str | None, state_dir: str | None, as_json: bool) -> None
         click.echo(json.dumps(st, indent=2))
         return
     click.echo(f"torch running, pid {st['pid']}, up {format_duration(round(st['uptime_s']))}")
+    for hold in st.get("paused", []):  # right at the top: a paused task is what on-call must not miss
+        click.echo(_hold_line(hold, time.time()))
     click.echo(f"config {st['config']}: generation {st['generation']}, hash {st['hash']}")
     lr = st["last_reload"]
     if lr is not None:
@@ -560,11 +562,34 @@ def status(config_opt: str | None, state_dir: str | None, as_json: bool) -> None
         click.echo(f"history: {st['history_error']}", err=True)
     table = [("TASK", "TYPE", "RUNNING", "LAST", "FAILED 24H", "NEXT")]
     for t in st["tasks"]:
+        paused = t.get("paused")
+        nxt = t["next_fire"] or "-"
+        if paused:
+            nxt = f"PAUSED until {_clock(paused['until'], time.time())}" if paused["until"] else "PAUSED"
         table.append((t["name"], t["type"], str(t["running"]), _last_result_text(t), str(t.get("failures_24h", "-")),
-                      t["next_fire"] or "-"))
+                      nxt))
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     for r in table:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _clock(iso: str, now: float) -> str:
+    """A status time in local time: `12:00:03` today, `2025-01-03 12:00:03` on another day."""
+    tz = local_timezone()
+    at = datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone(tz)
+    same_day = at.date() == datetime.fromtimestamp(now, tz).date()
+    return at.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M:%S")
+
+
+def _hold_line(hold: dict[str, Any], now: float) -> str:
+    """`PAUSED backup until 12:00:00 (disk full) by root (uid 0), since 11:00:00, 59m left`."""
+    why = f" ({hold['reason']})" if hold["reason"] else ""
+    line = f"PAUSED {hold['task']} until {_clock(hold['until'], now) if hold['until'] else 'resumed'}{why} " \
+           f"by {hold['by']}, since {_clock(hold['since'], now)}"
+    if not hold["until"]:
+        return f"{line}; `torch resume {hold['task']}` ends it"
+    left = datetime.fromisoformat(hold["until"].replace("Z", "+00:00")).timestamp() - now
+    return f"{line}, {format_duration(max(1, round(left)))} left"
 
 
 def _add_history_summaries(st: dict[str, Any], db_path: Path) -> None:
@@ -927,6 +952,8 @@ def why(task: str, config_opt: str | None, state_dir: str | None, as_json: bool,
 cli.add_command(run)
 cli.add_command(kill)
 cli.add_command(watch)
+cli.add_command(pause)
+cli.add_command(resume)
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""`torch run`, `torch kill`, `torch watch`: the commands that steer the running daemon over its socket.
+"""`torch run`, `torch kill`, `torch watch`, `torch pause`, `torch resume`: steering the running daemon.
 
 Each sends one protocol-v1 request (gotorch.control) and prints the reply, or the stream of replies.
 Exit codes: 0 done; 1 refused, failed or nothing to do (the message says which); 2 usage; `run
@@ -97,6 +97,7 @@ def run(task: str, config_opt: str | None, state_dir: str | None, wait: bool, fo
     if not (wait or follow):
         reply = _ask(state_dir, request)
         click.echo(reply["run_id"])
+        _paused_note(task, reply)
         if reply.get("pending"):
             click.echo(f"pending: runs at {_local(reply['at'])}; cancel with `torch kill {task} --pending`", err=True)
         return
@@ -108,6 +109,7 @@ def run(task: str, config_opt: str | None, state_dir: str | None, wait: bool, fo
         event = msg.get("event")
         if "run_id" in msg and event is None:
             click.echo(msg["run_id"], err=follow)  # with --follow, stdout is the run's output only
+            _paused_note(task, msg)
         elif event == "output":
             click.echo(msg["line"])
         elif event == "end":
@@ -118,6 +120,11 @@ def run(task: str, config_opt: str | None, state_dir: str | None, wait: bool, fo
             sys.exit(code)
     click.echo("torch: the daemon ended the stream before the run ended (stopping?)", err=True)
     sys.exit(code)
+
+
+def _paused_note(task: str, reply: dict[str, Any]) -> None:
+    if reply.get("paused"):
+        click.echo(f"note: {task} is {reply['paused']}; this manual run goes ahead anyway", err=True)
 
 
 @click.command("kill")
@@ -167,6 +174,60 @@ def watch(tasks: tuple[str, ...], config_opt: str | None, state_dir: str | None,
         return
     click.echo("torch: the daemon ended the stream (stopped?)", err=True)
     sys.exit(1)
+
+
+@click.command("pause")
+@click.argument("tasks", nargs=-1, required=True)
+@config_option
+@state_dir_option
+@click.option("--for", "for_", metavar="DURATION", help="Resume by itself after this long (e.g. 2h); "
+              "default: until `torch resume`.")
+@click.option("--reason", metavar="TEXT", help="Why, for status and the log (one line).")
+def pause(tasks: tuple[str, ...], config_opt: str | None, state_dir: str | None, for_: str | None,
+          reason: str | None) -> None:
+    """Hold TASKS: their fires are skipped (reason `paused`) until resumed; survives a daemon restart.
+
+    Running runs of a cron task go on; a daemon-type task is stopped, and started again on resume.
+    Pausing a paused task sets its hold anew (a new --for; the old reason unless --reason is given).
+    Exit 1 (nothing paused) if a name is not in the task file.
+    """
+    seconds: float | None = None
+    if for_ is not None:
+        try:
+            seconds = parse_duration(for_)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--for") from None
+        if seconds <= 0:
+            raise click.BadParameter(f"{for_!r}: must be longer than 0 s", param_hint="--for")
+    reply = _ask(state_dir, {"cmd": "pause", "tasks": list(tasks), "for": seconds, "reason": reason})
+    for h in reply["paused"]:
+        until = f"until {_local(h['until'])}" if h["until"] else f"until `torch resume {h['task']}`"
+        click.echo(f"{'hold updated on' if h['updated'] else 'paused'} {h['task']} {until}"
+                   + (f" ({h['reason']})" if h["reason"] else ""))
+    _unsaved_warning(reply)
+
+
+@click.command("resume")
+@click.argument("tasks", nargs=-1, required=True)
+@config_option
+@state_dir_option
+def resume(tasks: tuple[str, ...], config_opt: str | None, state_dir: str | None) -> None:
+    """End the holds on TASKS now; exit 1 if one of them was not paused (the others are resumed)."""
+    reply = _ask(state_dir, {"cmd": "resume", "tasks": list(tasks)})
+    for name in reply["resumed"]:
+        click.echo(f"resumed {name}")
+    if reply["not_paused"]:
+        click.echo(f"torch: not paused: {', '.join(reply['not_paused'])}", err=True)
+    _unsaved_warning(reply)
+    if reply["not_paused"]:
+        sys.exit(1)
+
+
+def _unsaved_warning(reply: dict[str, Any]) -> None:
+    """The holds are in force but not on disk: say so loudly and exit 1 (a restart would undo them)."""
+    if not reply.get("saved", True):
+        click.echo(f"torch: warning: {reply.get('warning')}", err=True)
+        sys.exit(1)
 
 
 def _watch_line(msg: dict[str, Any]) -> str:

@@ -46,6 +46,10 @@ HISTORY_KEEP = 1000  # rows of run history kept per task unless it (or `defaults
 # Far beyond what the daemon's age limit leaves of a 1/s task (7.8 million rows in 90 days), and
 # small enough to reach SQLite as a number it can hold.
 MAX_HISTORY_KEEP = 100_000_000
+MAX_RETRIES = 100
+MAX_FAILURE_THRESHOLD = 10_000
+# What a run can end as that `retry_on` may name: the failures of the run itself, not a stop on request.
+RETRYABLE = ("failed", "timeout", "spawn_failed")
 TOP_KEYS = ("version", "defaults", "tasks")
 # Fields a `defaults:` block may set: everything but a task's identity and what it runs.
 NOT_DEFAULTABLE = ("name", "command", "schedule", "type")
@@ -73,6 +77,15 @@ class Task:
     timezone: str = "UTC"
     enabled: bool = True
     history_keep: int = HISTORY_KEEP  # newest rows of its run history kept (runs and non-runs)
+    # Failures (gotorch.retries, gotorch.alerts): retries of a cron run, and the alert hooks.
+    retries: int = 0
+    retry_backoff: float = 10.0  # before attempt 2; doubling, at most RETRY_BACKOFF_MAX
+    retry_on: tuple[str, ...] = ("failed", "timeout")
+    on_failure: str | tuple[str, ...] | None = None
+    on_recovery: str | tuple[str, ...] | None = None
+    failure_threshold: int = 1
+    warn_after: float | None = None
+    hook_timeout: float = 60.0
     line: int = field(default=0, compare=False)
 
     @property
@@ -152,6 +165,28 @@ def _history_keep(v: Any) -> int:
         raise _Bad(f"{v} is more than {MAX_HISTORY_KEEP:,}",
                    f"use at most {MAX_HISTORY_KEEP:,} (rows older than --history-days go anyway)")
     return v
+
+
+def _count(what: str, lowest: int, highest: int, example: int) -> Callable[[Any], int]:
+    def check(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise _Bad(f"expected a whole number, got {_type_name(v)} {v!r}", f"write e.g. {what}: {example}")
+        if not lowest <= v <= highest:
+            raise _Bad(f"{v} is not between {lowest} and {highest:,}", f"write e.g. {what}: {example}")
+        return v
+
+    return check
+
+
+def _retry_on(v: Any) -> tuple[str, ...]:
+    items = v if isinstance(v, list) else [v]
+    if not items or not all(isinstance(i, str) for i in items):
+        raise _Bad(f"expected a list of run statuses, got {_type_name(v)} {v!r}",
+                   "write e.g. retry_on: [failed, timeout]")
+    unknown = [i for i in items if i not in RETRYABLE]
+    if unknown:
+        raise _Bad(f"{unknown[0]!r} is not a status a retry can follow", "use some of: " + ", ".join(RETRYABLE))
+    return tuple(dict.fromkeys(items))
 
 
 def _size(v: Any) -> int:
@@ -313,6 +348,14 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "timezone": _timezone,
     "enabled": _bool,
     "history_keep": _history_keep,
+    "retries": _count("retries", 0, MAX_RETRIES, 3),
+    "retry_backoff": _duration(minimum_exclusive=True),
+    "retry_on": _retry_on,
+    "on_failure": _command,
+    "on_recovery": _command,
+    "failure_threshold": _count("failure_threshold", 1, MAX_FAILURE_THRESHOLD, 3),
+    "warn_after": _duration(minimum_exclusive=True),
+    "hook_timeout": _duration(minimum_exclusive=True),
 }
 TASK_KEYS = tuple(_VALIDATORS)
 DEFAULT_KEYS = tuple(k for k in TASK_KEYS if k not in NOT_DEFAULTABLE)

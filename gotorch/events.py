@@ -335,6 +335,74 @@ class ManualRunDropped(Event):
     detail: str
 
 
+@dataclass(frozen=True, slots=True)
+class TaskPaused(Event):
+    """An operator put a task on hold (`torch pause`): its fires are skipped until it is resumed."""
+
+    name: ClassVar[str] = "task.paused"
+    level: ClassVar[Level] = "warning"
+    task: str
+    by: str
+    reason: str | None
+    until: str | None  # ISO time it expires by itself, or None until `torch resume`
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResumed(Event):
+    """A hold ended: `torch resume`, or its `--for` ran out (`expired`)."""
+
+    name: ClassVar[str] = "task.resumed"
+    task: str
+    by: str  # who resumed it, or "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryScheduled(Event):
+    """A run ended in a status its task retries: the next attempt starts after a backoff."""
+
+    name: ClassVar[str] = "retry.scheduled"
+    task: str
+    run_id: str
+    status: str
+    attempt: int  # the attempt that will start
+    retries: int
+    delay_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class HookStarted(Event):
+    """An alert hook (on_failure, on_recovery) was started for a task."""
+
+    name: ClassVar[str] = "hook.start"
+    task: str
+    hook: str  # on_failure | on_recovery
+    status: str  # what it reports: failed, timeout, ..., overdue, ok
+    run_id: str  # the hook's own run id
+    for_run: str  # the run it reports on
+    consecutive_failures: int
+
+
+@dataclass(frozen=True, slots=True)
+class PauseFileFailed(Event):
+    """STATE/pauses.json could not be read at start (then no task is held) or written (holds stay in force)."""
+
+    name: ClassVar[str] = "pauses.file_failed"
+    level: ClassVar[Level] = "error"
+    path: str
+    action: str  # load | save
+    error: str
+    consequence: str
+
+
+@dataclass(frozen=True, slots=True)
+class PausesRestored(Event):
+    """At start: the holds read back from STATE/pauses.json, still in force."""
+
+    name: ClassVar[str] = "pauses.restored"
+    level: ClassVar[Level] = "warning"  # paused tasks do not run: worth seeing in a log skim
+    tasks: list[str]
+
+
 # --- the daemon (published by the service) -----------------------------------------------------------
 
 

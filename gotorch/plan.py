@@ -37,7 +37,8 @@ def diff(old: Mapping[str, Task], new: Mapping[str, Task]) -> Plan:
 # Fields that say what torch does around a task's runs, not how a run starts or when: a reload that
 # changes only these updates the task in place, without restarting its daemon copies or dropping
 # fires waiting out their jitter.
-BOOKKEEPING_FIELDS = ("history_keep",)
+BOOKKEEPING_FIELDS = ("history_keep", "retries", "retry_backoff", "retry_on", "on_failure", "on_recovery",
+                      "failure_threshold", "warn_after", "hook_timeout")
 
 
 def runs_unchanged(old: Task, new: Task) -> bool:

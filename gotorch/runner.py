@@ -106,6 +106,10 @@ class RunSpec:
     trigger: str = "schedule"
     attempt: int = 1
     requested_by: str | None = None  # who asked for a manual run or a kill (e.g. "root (uid 0)")
+    # Set last, over TORCH_*: an alert hook describes the run it reports on (its TORCH_TASK and
+    # TORCH_RUN_ID are that run's). Such a run's escaped processes are then not found by run id; its
+    # process group still is, and orphans are killed at stop.
+    report_env: tuple[tuple[str, str], ...] = ()
 
 
 RunStatus = Literal["ok", "failed", "timeout", "killed"]
@@ -216,6 +220,7 @@ def build_env(spec: RunSpec) -> dict[str, str]:
     else:
         # A task env entry of that name must not masquerade as a fire time.
         env.pop("TORCH_SCHEDULED_AT", None)
+    env.update(spec.report_env)
     return env
 
 

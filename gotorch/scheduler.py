@@ -74,12 +74,16 @@ class Scheduler:
         self.started_at = time.time()
         self._timer: asyncio.TimerHandle | None = None
         self.delayed = DelayedStarts(loop)
-        self.supervisor = Supervisor(self.runner, self.delayed, lambda task: self._start(task, None), self.bus)
+        self.supervisor = Supervisor(self.runner, self.delayed, lambda task: self._start(task, None), self.bus,
+                                     lambda name: self.held(name) is not None)
         self._seq = itertools.count(1)
         self._id_prefix = f"{os.urandom(5).hex()}-"
         self._done = loop.create_future()
         self._stop_requested = loop.create_future()
         self.before_tick: Callable[[], None] | None = None  # the service drains recorded signals here
+        # Why a task is on hold (an operator's `torch pause`), or None: its fires are skipped with
+        # reason `paused` and its daemon copies are not (re)started while it is held.
+        self.held: Callable[[str], str | None] = lambda _name: None
         self._after_tick: list[asyncio.Future[None]] = []
         self._ticked = 0  # the last second whose tick ran
 
@@ -278,6 +282,10 @@ class Scheduler:
         st = self.states.get(task.name)
         if st is None:
             return
+        hold = self.held(task.name)
+        if hold is not None:
+            self.bus.publish(Skipped(task.name, _iso(fire.scheduled), "paused", detail=hold))
+            return
         busy = self.runner.running_count(task.name) + self.delayed.pending(task.name)
         if busy >= task.max_instances:
             # The oldest run of the task is the one in the way (a skip is rare: a scan is fine).
@@ -310,8 +318,30 @@ class Scheduler:
         """
         self._start(task, scheduled, "manual", run_id=run_id, requested_by=requested_by)
 
+    def start_retry(self, task: Task, scheduled: int | None, attempt: int) -> str:
+        """Start attempt `attempt` of the fire `scheduled` of `task` (trigger `retry`); return its run id."""
+        run_id = self.new_run_id()
+        self._start(task, scheduled, "retry", run_id=run_id, attempt=attempt)
+        return run_id
+
+    def start_hook(self, task: Task, hook: str, command: str | tuple[str, ...], report: tuple[tuple[str, str], ...],
+                   run_id: str) -> None:
+        """Start `task`'s alert hook `hook` (on_failure, on_recovery) as a run of its own, `TASK:hook`.
+
+        It runs as the task's user, in its directory, with its environment and the `report`
+        variables (TORCH_TASK, TORCH_RUN_ID, TORCH_STATUS... of the run it reports on), stopped after
+        the task's hook_timeout like any run (the whole process group); it is never retried.
+        """
+        spec = RunSpec(
+            task=f"{task.name}:{hook}", run_id=run_id, command=command,
+            env=(*task.env, ("TORCH_STATE_DIR", str(self.state_dir))), report_env=report,
+            workdir=task.workdir, user=task.user, group=task.group, timeout=task.hook_timeout,
+            kill_timeout=task.kill_timeout, output_limit=task.output_limit, trigger="hook",
+        )
+        self.runner.start(spec)
+
     def _start(self, task: Task, scheduled: int | None, trigger: str | None = None, *, run_id: str | None = None,
-               requested_by: str | None = None) -> None:
+               requested_by: str | None = None, attempt: int = 1) -> None:
         # Globally unique, not just per daemon: the runner finds escaped processes by TORCH_RUN_ID, and
         # a run id shared with another daemon (or a previous one's leftovers) would get them killed too.
         run_id = run_id or self.new_run_id()
@@ -321,7 +351,7 @@ class Scheduler:
             workdir=task.workdir, user=task.user, group=task.group, timeout=task.timeout,
             kill_timeout=task.kill_timeout, output_limit=task.output_limit,
             scheduled_ts=float(scheduled) if scheduled is not None else None,
-            trigger=trigger or _trigger_of(task), requested_by=requested_by,
+            trigger=trigger or _trigger_of(task), requested_by=requested_by, attempt=attempt,
         )
         if scheduled is not None:
             st = self.states.get(task.name)

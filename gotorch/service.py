@@ -22,13 +22,14 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gotorch import accounts, control
 from gotorch import log as logmod
+from gotorch.alerts import Alerts
 from gotorch.commands import Commands
 from gotorch.config import Config, ConfigError, Task, release_free_memory
 from gotorch.daemon import Paths
@@ -53,6 +54,8 @@ from gotorch.history.recorder import Recorder
 from gotorch.history.writer import HistoryWriter
 from gotorch.hosts import IPAddress, host_addresses, match
 from gotorch.loader import LoadFailed, load_in_child
+from gotorch.pauses import PauseStore
+from gotorch.retries import Retries
 from gotorch.runner import set_child_subreaper
 from gotorch.scheduler import APPLY_SLICE, Scheduler
 from gotorch.watcher import FileWatcher
@@ -147,7 +150,11 @@ class Service:
         subreaper = set_child_subreaper()
         sched = Scheduler(loop, state_dir=self.paths.state_dir, stop_timeout=self.stop_timeout, bus=self.bus)
         self.scheduler = sched
-        self.commands = Commands(loop, sched, self.bus, lambda: self.config, lambda: self.addresses)
+        self.commands = Commands(loop, sched, self.bus, lambda: self.config, lambda: self.addresses,
+                                 PauseStore(self.paths.state_dir))
+        # Failure handling listens to the runs like the log and the history do.
+        self.bus.subscribe(Retries(loop, sched))
+        self.bus.subscribe(Alerts(loop, sched, self.paths.state_dir))
         self._install_signals(loop, {
             signal.SIGCHLD: sched.runner.reap,
             signal.SIGTERM: lambda: sched.request_stop("SIGTERM"),
@@ -156,6 +163,10 @@ class Service:
             signal.SIGHUP: self._reopen_log,
         })
         sched.before_tick = self._drain_signals
+        # Holds first: nothing may start (an @reboot fire, a daemon-type copy) before its hold is known,
+        # and no `torch pause` may be answered before the saved holds are read (it would be overwritten).
+        await self.commands.restore_holds()
+        sched.held = self.commands.held
         # Everything that can fail at start-up (socket, watcher) comes before the first run starts:
         # a daemon that dies during start-up must not leave runs (or a fired @reboot) behind.
         server = control.Server(self.paths.socket, self.handle_request, on_refused=self._control_refused)
@@ -194,6 +205,7 @@ class Service:
             if self.watcher is not None:
                 self.watcher.stop()
             await sched.wait_stopped()
+            await self.commands.close()  # a pause answered just before the stop is on disk
             await self._stop_history(loop)
             server.close()
             with contextlib.suppress(OSError):
@@ -239,16 +251,18 @@ class Service:
     def _control_refused(self, peer: control.Peer) -> None:
         self.bus.publish(ControlRefused(peer.pid, peer.uid, peer.gid))
 
-    def handle_request(self, request: dict[str, Any], peer: control.Peer) -> control.Reply:
-        """Answer a control-socket request from `peer`: status, reload, run, kill, watch."""
+    def handle_request(self, request: dict[str, Any],
+                       peer: control.Peer) -> control.Reply | Awaitable[control.Reply]:
+        """Answer a control-socket request from `peer`: status, reload, run, kill, watch, pause, resume."""
         cmd = request.get("cmd")
         if cmd == "status":
             return {"ok": True, "status": self.status()}
         if cmd == "reload":
             self.request_reload("socket")
             return {"ok": True, "reloads": self.reloads}
-        if self.commands is not None and cmd in ("run", "kill", "watch"):
-            handler: Callable[[dict[str, Any], control.Peer], control.Reply] = getattr(self.commands, cmd)
+        if self.commands is not None and cmd in ("run", "kill", "watch", "pause", "resume"):
+            handler: Callable[[dict[str, Any], control.Peer], control.Reply | Awaitable[control.Reply]] = getattr(
+                self.commands, cmd)
             return handler(request, peer)
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
@@ -428,6 +442,7 @@ class Service:
                     "last_scheduled": _iso(st.last_scheduled),
                     "next_fire": _iso(nxt),
                     "restarts": st.restarts,
+                    "paused": self._hold_json(name),
                 })
         g = self.generation
         return {
@@ -447,7 +462,14 @@ class Service:
             "tasks": tasks,
             "pending_runs": [] if self.commands is None else
             [p.to_json() for p in sorted(self.commands.pending.values(), key=lambda p: p.at)],
+            # Every hold in force, also on tasks not loaded here (elsewhere, disabled, removed by a reload).
+            "paused": [] if self.commands is None else
+            [{"task": n, **h} for n in sorted(self.commands.holds) if (h := self._hold_json(n)) is not None],
         }
+
+    def _hold_json(self, name: str) -> dict[str, Any] | None:
+        hold = self.commands.hold_of(name) if self.commands is not None else None
+        return hold.to_json() if hold is not None else None
 
 
 def _iso(ts: float | None) -> str | None:

@@ -33,8 +33,10 @@ class TaskState:
 class Supervisor:
     """Starts, restarts and retires the copies of daemon-type tasks."""
 
-    def __init__(self, runner: Runner, delayed: DelayedStarts, start: Callable[[Task], None], bus: Bus) -> None:
+    def __init__(self, runner: Runner, delayed: DelayedStarts, start: Callable[[Task], None], bus: Bus,
+                 held: Callable[[str], bool] = lambda _name: False) -> None:
         self._runner = runner
+        self._held = held
         self._delayed = delayed
         self._start = start
         self._bus = bus
@@ -43,6 +45,8 @@ class Supervisor:
     def launch(self, st: TaskState) -> None:
         """A daemon task added or changed: a fresh backoff, and copies up to max_instances."""
         st.backoff = Backoff()
+        if self._held(st.task.name):
+            return  # paused: started by the resume
         for _ in range(st.task.max_instances - self._runner.running_count(st.task.name)):
             self._start(st.task)
 
@@ -59,7 +63,7 @@ class Supervisor:
         """A run ended: if it was a daemon task's copy, start its replacement (now, or after a backoff)."""
         replaced = run.spec.run_id in self._retired
         self._retired.discard(run.spec.run_id)
-        if st is None or st.task.type != "daemon" or stopping or st.backoff is None:
+        if st is None or st.task.type != "daemon" or stopping or st.backoff is None or self._held(st.task.name):
             return
         task, name = st.task, st.task.name
         if self._runner.running_count(name) + self._delayed.pending(name) >= task.max_instances:
@@ -76,5 +80,5 @@ class Supervisor:
 
     def _restart(self, st: TaskState, task: Task, token: int) -> None:
         # The state may have been replaced (reload) or the definition changed since: then not this one.
-        if self._delayed.take(task.name, token) and st.task == task:
+        if self._delayed.take(task.name, token) and st.task == task and not self._held(task.name):
             self._start(task)

@@ -319,6 +319,11 @@ def _read_bounded(fd: int, where: str, limit: int, size: int) -> bytes:
                         "split it, or remove what is not tasks; 10,000 tasks are about 1 MiB")
     if size > limit:
         raise too_big
+    return read_bounded(fd, limit, too_big)
+
+
+def read_bounded(fd: int, limit: int, too_big: Exception) -> bytes:
+    """Read `fd` to its end, raising `too_big` past `limit` bytes (the file may grow after its fstat)."""
     chunks: list[bytes] = []
     total = 0
     while True:
@@ -327,7 +332,7 @@ def _read_bounded(fd: int, where: str, limit: int, size: int) -> bytes:
             return b"".join(chunks)
         chunks.append(chunk)
         total += len(chunk)
-        if total > limit:  # it grew after fstat
+        if total > limit:
             raise too_big
 
 

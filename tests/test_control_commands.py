@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import time
@@ -154,3 +155,41 @@ def test_kill_signal_option_and_unknown_signal(daemon: Torch) -> None:
     assert k.returncode == 0
     end = daemon.wait_event("run.end", timeout=20, run_id=run_id)[0]
     assert end["status"] == "killed" and end["signal"] == "SIGKILL"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to connect as a second uid (nobody)")
+def test_the_daemon_refuses_another_uid_and_logs_it(tmp_path: Path) -> None:
+    import pwd
+    import tempfile
+
+    from gotorch import control
+
+    # A state directory `nobody` can reach (pytest's tmp_path has 0700 parents), and a socket file
+    # opened up by a mistaken chmod: the peer-credential check must still turn `nobody` away.
+    with tempfile.TemporaryDirectory(dir="/tmp") as d:
+        os.chmod(d, 0o755)
+        t = Torch(Path(d))
+        try:
+            t.write(TASKS)
+            t.start()
+            sock = t.state / "torch.sock"
+            os.chmod(t.state, 0o755)
+            os.chmod(sock, 0o666)
+            nobody = pwd.getpwnam("nobody")
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                try:
+                    os.setgroups([])
+                    os.setgid(nobody.pw_gid)
+                    os.setuid(nobody.pw_uid)
+                    reply = control.request(sock, {"cmd": "run", "task": "ok"})
+                    os._exit(3 if "permission denied" in str(reply.get("error")) else 4)
+                except BaseException:
+                    os._exit(5)
+            assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 3
+            refused = t.wait_event("control.refused")[0]
+            assert refused["peer_uid"] == nobody.pw_uid
+            assert not t.events("run.start", task="ok"), "nothing ran for the refused peer"
+        finally:
+            if t.proc is not None:
+                t.stop()

@@ -38,7 +38,7 @@ UNITS = ["/lib/systemd/system/torch.service", "/lib/systemd/system/torch-forking
 # What the package creates besides its files (maintainer scripts, the daemon, systemd enablement).
 CREATED = [
     "/opt/torch", "/etc/torch", "/var/lib/torch", "/var/log/torch", "/run/torch", "/usr/bin/torch",
-    "/etc/logrotate.d/torch", "/usr/share/doc/torch",
+    "/etc/logrotate.d/torch", "/usr/share/doc/torch", "/usr/share/torch",
     "/etc/systemd/system/multi-user.target.wants/torch.service",
     "/etc/systemd/system/multi-user.target.wants/torch-forking.service",
     "/etc/systemd/system/torch.service",
@@ -144,7 +144,9 @@ def test_build_install_use_purge(machine_lock: None, tmp_path: Path) -> None:
     assert f"Package: {PACKAGE}" in fields and "python3 (>= 3.11)" in fields, fields
     contents = _deb_paths(deb)
     for path in ("/opt/torch/bin/torch", "/usr/bin/torch", "/etc/torch/tasks.yaml", *UNITS, "/etc/logrotate.d/torch",
-                 "/usr/share/bash-completion/completions/torch", "/usr/share/zsh/vendor-completions/_torch"):
+                 "/usr/share/bash-completion/completions/torch", "/usr/share/zsh/vendor-completions/_torch",
+                 "/usr/share/torch/hooks/mail.sh", "/usr/share/torch/hooks/webhook.sh",
+                 "/usr/share/torch/hooks/healthchecks.sh"):
         assert path in contents, f"{path} is not in the package"
     # What existed before installing (/, /usr, /etc...) may stay; everything else must go with the purge.
     existed = {p for p in contents if os.path.lexists(p)}

@@ -29,7 +29,7 @@ class RowSink(Protocol):
         ...
 
 
-class _Output:
+class OutputSample:
     """The first HEAD_BYTES and the last TAIL_BYTES of a run's output, and how much fell between."""
 
     __slots__ = ("elided", "head", "tail")
@@ -51,6 +51,11 @@ class _Output:
                 del self.tail[:over]
                 self.elided += over
 
+    def text(self) -> bytes:
+        """Head, a marker line for the elided bytes (as `torch logs` prints it), tail."""
+        marker = f"\n[... {self.elided} bytes elided ...]\n".encode() if self.elided else b""
+        return bytes(self.head) + marker + bytes(self.tail)
+
 
 class Recorder:
     """Subscribe an instance to the bus (`bus.subscribe(recorder)`); tell it each new config."""
@@ -59,7 +64,7 @@ class Recorder:
         self._sink = sink
         self._host = host
         self._clock = clock
-        self._outputs: dict[str, _Output] = {}
+        self._outputs: dict[str, OutputSample] = {}
         self._ids = itertools.count(1)
         self._prefix = f"{os.urandom(4).hex()}-"  # non-runs need ids unique across daemons too
         self.generation = 0
@@ -80,13 +85,13 @@ class Recorder:
             if out is not None:
                 out.add(event.line.encode("utf-8", "replace") + b"\n")
         elif isinstance(event, RunStarted):
-            self._outputs[event.run_id] = _Output()
+            self._outputs[event.run_id] = OutputSample()
             self._sink.put(RunBegan(
                 event.run_id, event.task, event.trigger, event.attempt, event.scheduled_ts,
                 event.started_ts if event.started_ts is not None else self._clock(), self._host, event.pid,
                 event.lateness_ms, self.generation, self.config_hash, event.requested_by))
         elif isinstance(event, RunEnded):
-            out = self._outputs.pop(event.run_id, None) or _Output()
+            out = self._outputs.pop(event.run_id, None) or OutputSample()
             self._sink.put(RunFinished(
                 event.run_id, event.task, self._clock(), _status(event), event.exit_code, event.signal,
                 event.duration_s, event.cpu_s, event.max_rss_kb, bytes(out.head), bytes(out.tail), out.elided,

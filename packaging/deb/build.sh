@@ -111,6 +111,9 @@ install -D -m 0644 "$root/packaging/logrotate/torch" "$stage/etc/logrotate.d/tor
 install -D -m 0644 "$here/tasks.yaml" "$stage/etc/torch/tasks.yaml"
 install -D -m 0644 "$here/copyright" "$stage/usr/share/doc/$pkg/copyright"
 install -D -m 0644 "$root/README.md" "$stage/usr/share/doc/$pkg/README.md"
+for hook in "$root"/packaging/hooks/*.sh; do
+	install -D -m 0755 "$hook" "$stage/usr/share/torch/hooks/$(basename "$hook")"
+done
 
 install -d -m 0755 "$stage/DEBIAN"
 for script in postinst prerm postrm; do
