@@ -18,6 +18,9 @@ Scenarios:
             p50/p99 lateness and daemon CPU/RSS per mode, the p99 cost of history (target <= 1 ms),
             rows written and dropped (target 0), database size per 100,000 runs; and
             `torch history TASK` on a 1,000,000-row database (target < 200 ms)
+  http      `--http` (bench/web.py): 10 tasks/s with 8 clients fetching /metrics and / as fast as they can
+            vs none, interleaved: the p99 lateness cost (target <= 1 ms); `/` latency with 1,000 tasks
+            (target p95 < 50 ms), and what a page refresh costs the web process and the daemon
 Set BENCH_SECONDS to change the measuring window of each scenario (default 30; history: 60 per run).
 """
 
@@ -345,9 +348,16 @@ def bench_history() -> None:
     run_it()
 
 
+def bench_http() -> None:
+    """bench/web.py, imported only when chosen (it imports this module's helpers)."""
+    from web import bench_http as run_it
+
+    run_it()
+
+
 SCENARIOS: dict[str, Callable[[], None]] = {
     "load": bench_load, "runs": bench_runs, "reload": bench_reload, "hostile": bench_hostile,
-    "reload-memory": bench_reload_memory, "history": bench_history,
+    "reload-memory": bench_reload_memory, "history": bench_history, "http": bench_http,
 }
 
 

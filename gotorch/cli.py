@@ -31,7 +31,7 @@ from gotorch.cli_options import (
     state_dir_option,
 )
 from gotorch.config_errors import ConfigError, ConfigInvalid
-from gotorch.durations import format_duration, parse_duration
+from gotorch.durations import format_duration, format_span, parse_duration
 from gotorch.history.query import (
     NONRUN_STATUSES,
     STATUSES,
@@ -320,8 +320,12 @@ def list_cmd(file: str | None, config_opt: str | None, state_dir: str | None, as
               envvar="TORCH_HISTORY_DAYS",
               help="Delete history rows older than this many days (0: keep them; history_keep still applies).")
 @click.option("--no-history", is_flag=True, help="Record no run history (STATE/history.db is left alone).")
+@click.option("--http", "http_text", metavar="ADDRESS:PORT", envvar="TORCH_HTTP", default=None,
+              help="Serve the status page, /api/status and /metrics here (e.g. 127.0.0.1:9464), from a process "
+                   "of its own. Off by default; read-only; put a proxy with authentication in front of any "
+                   "address other hosts can reach.")
 def start(config_opt: str | None, state_dir: str | None, host_ips: str | None, foreground: bool,
-          stop_timeout: float, history_days: float, no_history: bool) -> None:
+          stop_timeout: float, history_days: float, no_history: bool, http_text: str | None) -> None:
     """Validate the task file, then run the daemon (in the background unless --foreground).
 
     Exit 0 once the daemon reports it is serving (printing its pid); 1 with the reason otherwise.
@@ -331,9 +335,14 @@ def start(config_opt: str | None, state_dir: str | None, host_ips: str | None, f
     from gotorch.history import HistorySettings
     from gotorch.loader import load_for_daemon
     from gotorch.service import serve
+    from gotorch.web import parse_listen
 
     path = resolve_config(config_opt, None).absolute()
     history = None if no_history else HistorySettings(max_age_days=history_days)
+    try:
+        http = parse_listen(http_text) if http_text else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--http / TORCH_HTTP") from None
     try:
         host_addresses(host_ips)
     except ValueError as exc:
@@ -368,7 +377,7 @@ def start(config_opt: str | None, state_dir: str | None, host_ips: str | None, f
         logmod.configure(stream=sys.stderr)
         try:
             code = serve(path, config, paths=paths, host_ips=host_ips, stop_timeout=stop_timeout, notify=sd_notify,
-                         history=history)
+                         history=history, http=http)
         finally:
             pidfile.release()
         sys.exit(code)
@@ -381,7 +390,7 @@ def start(config_opt: str | None, state_dir: str | None, host_ips: str | None, f
             fail(f"cannot open log {paths.logfile}: {exc}")
             return 1
         return serve(path, config, paths=paths, host_ips=host_ips, stop_timeout=stop_timeout, on_ready=ready,
-                     notify=sd_notify, history=history)
+                     notify=sd_notify, history=history, http=http)
 
     launch = daemonize(pidfile, body)
     if launch.error is not None:
@@ -544,7 +553,9 @@ def status(config_opt: str | None, state_dir: str | None, as_json: bool) -> None
         else:
             click.echo("torch is not running" if pid is None else f"torch (pid {pid}) does not answer")
         sys.exit(EXIT_NOT_RUNNING)
-    _add_history_summaries(st, paths.history)
+    from gotorch.history.summary import add_to_status
+
+    add_to_status(st, paths.history, time.time())
     if as_json:
         click.echo(json.dumps(st, indent=2))
         return
@@ -592,39 +603,6 @@ def _hold_line(hold: dict[str, Any], now: float) -> str:
     return f"{line}, {format_duration(max(1, round(left)))} left"
 
 
-def _add_history_summaries(st: dict[str, Any], db_path: Path) -> None:
-    """Each task's last result and failures in the last 24 h, read from the history database.
-
-    The daemon only knows what happened since it started; the history knows what happened before
-    too. An unreadable history is reported (`history_error`), not fatal: status still shows the rest.
-    """
-    from gotorch.history.summary import summaries
-
-    now = time.time()
-    names = [t["name"] for t in st["tasks"]]
-    try:
-        db = open_readonly(db_path)
-        got = {} if db is None else summaries(db, names, now)
-        if db is not None:
-            db.close()
-    except (HistoryUnreadable, sqlite3.Error) as exc:
-        st["history_error"] = str(exc)
-        return
-    for t in st["tasks"]:
-        s = got.get(t["name"])
-        t.update(s.to_json(now) if s is not None else {"last_result": None, "failures_24h": 0})
-
-
-def _ago(seconds: float) -> str:
-    """`45s`, `12m`, `3h5m`, `2d4h`: precise when recent, coarser when long ago."""
-    s = max(1, round(seconds))
-    if s >= 86400:
-        s -= s % 3600
-    elif s >= 3600:
-        s -= s % 60
-    return format_duration(s)
-
-
 def _last_result_text(t: dict[str, Any]) -> str:
     """`failed (exit 3) 5m ago`, from the history (else the daemon's own last status, without an age)."""
     last = t.get("last_result")
@@ -636,7 +614,7 @@ def _last_result_text(t: dict[str, Any]) -> str:
     elif last["signal"]:
         what += f" ({last['signal']})"
     if last["ago_s"] is not None:
-        what += f" {_ago(last['ago_s'])} ago"
+        what += f" {format_span(last['ago_s'], minimum=1)} ago"
     return what
 
 

@@ -95,3 +95,13 @@ def format_duration(seconds: float) -> str:
     if rest or not parts:
         parts.append(f"{rest}s")
     return "".join(parts)
+
+
+def format_span(seconds: float, minimum: int = 0) -> str:
+    """`45s`, `12m`, `3h5m`, `2d4h`: an age or a wait, precise when short, coarser when long."""
+    s = max(minimum, round(seconds))
+    if s >= 86400:
+        s -= s % 3600
+    elif s >= 3600:
+        s -= s % 60
+    return format_duration(s)

@@ -565,6 +565,73 @@ class HistoryError(Event):
     message: str
 
 
+# --- the status page's web process (published by gotorch.web.supervisor) -------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WebListening(Event):
+    """`torch start --http`: the daemon listens on `address` and hands the socket to its web process."""
+
+    name: ClassVar[str] = "web.listen"
+    address: str
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class WebExposed(Event):
+    """`--http` names an address other hosts can reach: the page and metrics are open to them."""
+
+    name: ClassVar[str] = "web.exposed"
+    level: ClassVar[Level] = "warning"
+    address: str
+    hint: str
+
+
+@dataclass(frozen=True, slots=True)
+class WebStarted(Event):
+    """The web process (status page, /metrics) was started."""
+
+    name: ClassVar[str] = "web.start"
+    pid: int
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class WebExited(Event):
+    """The web process ended: on its own (restarted after `restart_in_s`), or stopped with the daemon."""
+
+    name: ClassVar[str] = "web.exit"
+    pid: int
+    uptime_s: float
+    exit_code: int | None
+    signal: str | None
+    restart_in_s: float | None  # None: not restarted (the daemon is stopping)
+
+    def severity(self) -> Level:
+        """A warning when it died on its own; info when the daemon stopped it."""
+        return "info" if self.restart_in_s is None else "warning"
+
+
+@dataclass(frozen=True, slots=True)
+class WebFailed(Event):
+    """The web process could not be started or its address not listened on; tried again later."""
+
+    name: ClassVar[str] = "web.error"
+    level: ClassVar[Level] = "error"
+    error: str
+    restart_in_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class WebOutput(Event):
+    """A line the web process wrote to its stderr (it writes only problems there)."""
+
+    name: ClassVar[str] = "web.output"
+    level: ClassVar[Level] = "warning"
+    pid: int
+    line: str
+
+
 # --- the bus ------------------------------------------------------------------------------------------
 
 Subscriber = Callable[[Event], None]

@@ -54,11 +54,14 @@ from gotorch.history.recorder import Recorder
 from gotorch.history.writer import HistoryWriter
 from gotorch.hosts import IPAddress, host_addresses, match
 from gotorch.loader import LoadFailed, load_in_child
+from gotorch.metrics import Metrics
 from gotorch.pauses import PauseStore
 from gotorch.retries import Retries
 from gotorch.runner import set_child_subreaper
 from gotorch.scheduler import APPLY_SLICE, Scheduler
 from gotorch.watcher import FileWatcher
+from gotorch.web import Listen
+from gotorch.web.supervisor import WebSupervisor
 
 # Retry a reload that failed for a transient reason (file briefly missing, I/O error, no memory for the
 # loader) after 1 s, doubling to at most a minute, until one succeeds or the file is invalid.
@@ -109,7 +112,7 @@ class Service:
     def __init__(self, config_path: Path, config: Config, *, paths: Paths, addresses: list[IPAddress],
                  host_ips: str | None = None, stop_timeout: float = 10.0, on_ready: Callable[[], None] | None = None,
                  notify: Callable[[str], None] | None = None, watch: bool = True,
-                 history: HistorySettings | None = DEFAULT_SETTINGS) -> None:
+                 history: HistorySettings | None = DEFAULT_SETTINGS, http: Listen | None = None) -> None:
         self.config_path = config_path
         self.config = config
         self.paths = paths
@@ -137,6 +140,9 @@ class Service:
         self.scheduler: Scheduler | None = None
         self.commands: Commands | None = None
         self.watcher: FileWatcher | None = None
+        self.http = http  # --http: the status page's web process, supervised by self.web
+        self.web: WebSupervisor | None = None
+        self.metrics: Metrics | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -155,6 +161,10 @@ class Service:
         # Failure handling listens to the runs like the log and the history do.
         self.bus.subscribe(Retries(loop, sched))
         self.bus.subscribe(Alerts(loop, sched, self.paths.state_dir))
+        # Metrics count from the first event on; the web process fetches snapshots (`metrics` below).
+        self.metrics = Metrics.for_scheduler(
+            sched, history_dropped=lambda: self.history.dropped if self.history is not None else None)
+        self.bus.subscribe(self.metrics)
         self._install_signals(loop, {
             signal.SIGCHLD: sched.runner.reap,
             signal.SIGTERM: lambda: sched.request_stop("SIGTERM"),
@@ -172,6 +182,10 @@ class Service:
         server = control.Server(self.paths.socket, self.handle_request, on_refused=self._control_refused)
         await server.start()
         self._start_history(loop)
+        if self.http is not None:  # needs the control socket; its failures are events, never fatal
+            self.web = WebSupervisor(loop, self.http, control_socket=self.paths.socket, history=self.paths.history,
+                                     bus=self.bus, quiet=sched.quiet_moment)
+            self.web.start()
         try:
             if self.watch:
                 self.watcher = FileWatcher(loop, self.config_path, lambda: self.request_reload("file"))
@@ -204,6 +218,8 @@ class Service:
             self._cancel_reload()
             if self.watcher is not None:
                 self.watcher.stop()
+            if self.web is not None:  # first: the runs' shutdown would otherwise kill it as an orphan
+                await self.web.stop()
             await sched.wait_stopped()
             await self.commands.close()  # a pause answered just before the stop is on disk
             await self._stop_history(loop)
@@ -253,10 +269,12 @@ class Service:
 
     def handle_request(self, request: dict[str, Any],
                        peer: control.Peer) -> control.Reply | Awaitable[control.Reply]:
-        """Answer a control-socket request from `peer`: status, reload, run, kill, watch, pause, resume."""
+        """Answer a control-socket request from `peer`: status, reload, run, kill, watch, pause, resume, metrics."""
         cmd = request.get("cmd")
         if cmd == "status":
             return {"ok": True, "status": self.status()}
+        if cmd == "metrics" and self.metrics is not None:
+            return self.metrics.reply()
         if cmd == "reload":
             self.request_reload("socket")
             return {"ok": True, "reloads": self.reloads}
@@ -436,6 +454,7 @@ class Service:
                 tasks.append({
                     "name": name, "type": st.task.type,
                     "schedule": st.task.schedule.text if st.task.schedule else None,
+                    "timezone": st.task.timezone,
                     "matched_ip": st.matched_ip,
                     "running": sched.runner.running_count(name),
                     "last_status": st.last_status, "last_end": _iso(st.last_end),
@@ -480,11 +499,12 @@ def _iso(ts: float | None) -> str | None:
 
 def serve(config_path: Path, config: Config, *, paths: Paths, host_ips: str | None,
           stop_timeout: float = 10.0, on_ready: Callable[[], None] | None = None,
-          notify: Callable[[str], None] | None = None, history: HistorySettings | None = DEFAULT_SETTINGS) -> int:
+          notify: Callable[[str], None] | None = None, history: HistorySettings | None = DEFAULT_SETTINGS,
+          http: Listen | None = None) -> int:
     """Run the daemon body in this process until stopped; the caller has set up logging and paths.
 
-    `history` None runs without history (`--no-history`).
+    `history` None runs without history (`--no-history`); `http` serves the status page and /metrics there.
     """
     service = Service(config_path, config, paths=paths, addresses=host_addresses(host_ips), host_ips=host_ips,
-                      stop_timeout=stop_timeout, on_ready=on_ready, notify=notify, history=history)
+                      stop_timeout=stop_timeout, on_ready=on_ready, notify=notify, history=history, http=http)
     return asyncio.run(service.run())

@@ -43,6 +43,8 @@ def _rows(state: Path, task: str) -> list[dict[str, object]]:
     db.row_factory = sqlite3.Row
     try:
         return [dict(r) for r in db.execute("SELECT * FROM runs WHERE task = ? ORDER BY started_at", (task,))]
+    except sqlite3.OperationalError:  # created, but its tables not committed yet
+        return []
     finally:
         db.close()
 

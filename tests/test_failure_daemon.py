@@ -19,6 +19,8 @@ def _rows(state: Path, where: str = "1", *args: object) -> list[dict[str, object
     db.row_factory = sqlite3.Row
     try:
         return [dict(r) for r in db.execute(f"SELECT * FROM runs WHERE {where} ORDER BY started_at", args)]
+    except sqlite3.OperationalError:  # created, but its tables not committed yet
+        return []
     finally:
         db.close()
 
@@ -123,8 +125,9 @@ def test_a_hook_that_hangs_is_killed_at_its_timeout(torch_daemon: Torch) -> None
          kill_timeout: 1s}
     """)
     torch_daemon.start()
-    wait_until(lambda: _rows(torch_daemon.state, "task = 'bad:on_failure' AND status = 'timeout'"), 20,
-               what="the hook timed out")
+    wait_until(lambda: _rows(torch_daemon.state, "task = 'bad:on_failure' AND status = 'timeout'"), 40,
+               what=lambda: f"the hook timed out; rows {_rows(torch_daemon.state)}; "
+                            f"events {[e['event'] for e in torch_daemon.events()][-30:]}")
     assert torch_daemon.find("hook.start", task="bad", hook="on_failure") is not None
     assert torch_daemon.stop() == 0
 

@@ -30,6 +30,8 @@ def _rows(state: object) -> list[dict[str, object]]:
     db.row_factory = sqlite3.Row
     try:
         return [dict(r) for r in db.execute("SELECT * FROM runs ORDER BY started_at")]
+    except sqlite3.OperationalError:  # created, but its tables not committed yet
+        return []
     finally:
         db.close()
 

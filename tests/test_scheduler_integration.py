@@ -10,7 +10,7 @@ from datetime import datetime
 import psutil
 import pytest
 
-from tests.conftest import Torch, describe_pids, wait_until, zombie_children
+from tests.conftest import MISSED_ALLOWED, Torch, describe_pids, missed_seconds, wait_until, zombie_children
 
 pytestmark = pytest.mark.integration
 
@@ -32,9 +32,13 @@ def test_every_second_no_duplicate_no_gap(torch_daemon: Torch) -> None:
     assert all(x[1] == "tick" for x in lines)
     assert len({x[2] for x in lines}) == len(lines), "run ids are unique"
     assert len(stamps) == len(set(stamps)), f"duplicate fires: {stamps}"
-    assert stamps == list(range(stamps[0], stamps[0] + len(stamps))), f"gap in fires: {stamps}"
-    # Any second the daemon could not start in time must have been logged, never silently lost.
-    assert not torch_daemon.events("missed")
+    # Any second the daemon could not start in time must have been logged, never silently lost
+    # (a starved test machine may cost a second or two; more would be a defect).
+    missed = missed_seconds(torch_daemon, "tick")
+    assert len(missed) <= MISSED_ALLOWED, f"missed {sorted(missed)}"
+    assert sorted({*stamps, *missed} - {s for s in missed if s < stamps[0] or s > stamps[-1]}) == \
+        list(range(stamps[0], stamps[-1] + 1)), f"gap in fires: {stamps}, missed {sorted(missed)}"
+    assert not set(stamps) & missed, "a second both fired and reported missed"
 
 
 def test_timeout_kills_task_and_twenty_grandchildren(torch_daemon: Torch) -> None:

@@ -1,8 +1,9 @@
 """Read-only queries over the history database, for `torch history`, `torch logs` and `torch why`.
 
-Only the CLI uses this module, never the daemon: it opens the database read-only (SQLite URI
-`mode=ro`), so looking at history can neither create the file nor take a write lock the daemon's
-writer would wait on. Times come out of the database as Unix seconds and leave as ISO-8601 (UTC).
+Only the CLI and the status page's web process use this module, never the daemon: it opens the
+database read-only (SQLite URI `mode=ro`), so looking at history can neither create the file nor
+take a write lock the daemon's writer would wait on. Times come out of the database as Unix seconds
+and leave as ISO-8601 (UTC).
 """
 
 from __future__ import annotations
@@ -247,6 +248,16 @@ def runs_with_output(db: sqlite3.Connection, task: str, run_id: str | None, n: i
         rows.append(_row(r[:14], out))
     rows.reverse()  # read newest first to apply the limit; shown oldest first, like a log
     return rows
+
+
+def run_with_output(db: sqlite3.Connection, run_id: str) -> HistoryRow | None:
+    """The row with this run id (a run or a non-run) with its output; None if there is none (the status page)."""
+    r = db.execute(f"SELECT {_ROW_COLUMNS}, {_OUTPUT_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    if r is None:
+        return None
+    head, tail, elided, nbytes, dropped = r[14:]
+    return _row(r[:14], RunOutput(_as_bytes(head), _as_bytes(tail), int(elided or 0), int(nbytes or 0),
+                                  int(dropped or 0)))
 
 
 def _as_bytes(value: object) -> bytes:
