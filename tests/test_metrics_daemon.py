@@ -1,8 +1,8 @@
-"""Metrics of the real daemon: its `metrics` answer over the control socket, rendered as /metrics renders it.
+"""Metrics of the real daemon, scraped from its real `/metrics` (torch start --http 127.0.0.1:0).
 
-Each scrape asks the running daemon (`{"v": 1, "cmd": "metrics"}`) and turns the snapshot into the
-Prometheus text with gotorch.metrics_text, read back with prometheus_client's parser: what a scrape of
-the web process would see, without the web process.
+Each scrape is an HTTP GET of the web process's /metrics, read back with prometheus_client's text
+parser. The web process asks the daemon at most once a second, so the tests scrape until the
+counters they wait for show.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import json
 import os
 import signal
 import time
+import urllib.request
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gotorch import control
-from gotorch.metrics_text import render
 from tests.conftest import Torch, wait_until
 
 pytestmark = pytest.mark.integration
@@ -52,11 +52,10 @@ class Scrape:
     """One `metrics` answer of the daemon and its text, with the samples by name and labels."""
 
     def __init__(self, daemon: Torch) -> None:
-        reply = control.request(daemon.state / "torch.sock", {"cmd": "metrics"}, timeout=10)
-        assert reply.get("ok") is True, reply
-        self.snapshot: dict[str, Any] = reply["metrics"]
-        self.pid = daemon.daemon_pid()
-        self.text = render(self.snapshot, self.pid).decode()
+        url = str(daemon.wait_event("web.listen")[-1]["url"]).rstrip("/")
+        with urllib.request.urlopen(f"{url}/metrics", timeout=30) as reply:
+            assert reply.status == 200 and reply.headers["Content-Type"].startswith("text/plain")
+            self.text = reply.read().decode()
         self.samples: dict[str, dict[Labels, float]] = {}
         for family in text_string_to_metric_families(self.text):
             for s in family.samples:
@@ -86,7 +85,7 @@ def scrape_until(daemon: Torch, predicate: Any, timeout: float = 20, what: str =
 @pytest.fixture
 def daemon(torch_daemon: Torch) -> Torch:
     torch_daemon.write(TASKS)
-    torch_daemon.start()
+    torch_daemon.start("--http", "127.0.0.1:0")
     return torch_daemon
 
 
@@ -124,7 +123,6 @@ def test_ok_failed_and_skipped_runs_show_in_the_daemons_metrics(daemon: Torch) -
     assert s.get("torch_config_info", hash=status["hash"]) == 1
     assert s.get("torch_history_rows_dropped_total") == 0
     assert abs((s.get("torch_up_since_timestamp_seconds") or 0) - (now - status["uptime_s"])) < 5
-    assert s.snapshot["daemon"]["pid"] == daemon.daemon_pid()
     # Process metrics are the daemon's: its start time, not the test's.
     with open(f"/proc/{daemon.daemon_pid()}/stat") as f:
         start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
@@ -139,7 +137,7 @@ def test_counters_survive_a_reload_and_a_removed_tasks_series_disappear(daemon: 
         daemon.run("run", task, "--wait")
     before = scrape_until(daemon, lambda s: s.get("torch_task_runs_total", task="doomed", status="ok") == 1
                           and s.get("torch_task_runs_total", task="bad", status="failed") == 1, what="three runs")
-    hash_before = before.snapshot["daemon"]["config_hash"]
+    hash_before = json.loads(daemon.run("status", "--json").stdout)["hash"]
     ticking_before = before.get("torch_task_runs_total", task="ticking", status="ok") or 0
 
     daemon.write(RELOADED)
@@ -154,7 +152,7 @@ def test_counters_survive_a_reload_and_a_removed_tasks_series_disappear(daemon: 
     assert after.get("torch_task_runs_total", task="bad", status="failed") == 1
     assert after.get("torch_task_consecutive_failures", task="bad") == 1
     assert (after.get("torch_task_runs_total", task="ticking", status="ok") or 0) >= ticking_before
-    hash_after = after.snapshot["daemon"]["config_hash"]
+    hash_after = json.loads(daemon.run("status", "--json").stdout)["hash"]
     assert hash_after != hash_before and after.get("torch_config_info", hash=hash_after) == 1
     assert after.get("torch_config_info", hash=hash_before) is None
     assert after.get("torch_config_last_reload_success") == 1
