@@ -247,9 +247,11 @@ def test_fires_missed_while_the_daemon_is_suspended_are_recorded_as_one_missed_r
     first, last, count = row["missed_first"], row["missed_last"], row["missed_count"]
     assert (row["task"], row["status"], row["reason"]) == ("tick", "missed", "coalesced"), row
     # On SIGCONT the current second fires on time and stands for the late ones: those are counted.
-    assert stopped_at - 1.5 <= first <= stopped_at + 1.5, (stopped_at, row)
+    # (A starved test machine may have made the daemon late a second or two before the stop: those
+    # join the window, still accounted for below.)
+    assert stopped_at - 1.5 - MISSED_ALLOWED <= first <= stopped_at + 1.5, (stopped_at, row)
     assert continued_at - 2.5 <= last <= continued_at + 1.5, (continued_at, row)
-    assert count == last - first + 1 and 2 <= count <= 6, row
+    assert count == last - first + 1 and 2 <= count <= 6 + MISSED_ALLOWED, row
     assert row["scheduled_at"] == last
     # Every second is accounted for exactly once: fired, or in the missed window.
     fired = [s for s, _ in _fires(out)]
