@@ -319,3 +319,30 @@ def test_the_page_in_chromium_shows_every_task_a_failed_run_and_escaped_output(w
     pre = re.search(r'<pre class="out">(.*?)</pre>', run_dom, re.S)
     assert pre is not None and "&lt;script&gt;document.title='pwned'&lt;/script&gt;" in pre.group(1)
     assert "&lt;b&gt;bold&lt;/b&gt; &amp; more" in pre.group(1)  # shown as text, not markup
+
+
+def test_the_web_process_imports_nothing_from_the_daemons_working_directory(torch_daemon: Torch) -> None:
+    # A foreground daemon started (with the installed `torch` script, as an admin would) from a
+    # directory someone else can write: a module planted there must not be imported by the web
+    # process, which runs as the daemon's user (root in production).
+    import sys
+
+    cwd = torch_daemon.tmp / "shared"
+    cwd.mkdir()
+    marker = torch_daemon.tmp / "imported"
+    for module in ("argparse", "selectors", "gotorch"):
+        (cwd / f"{module}.py").write_text(f"open({str(marker)!r}, 'a').write('{module}\\n')\n")
+    torch_daemon.write("""\
+    version: 1
+    tasks:
+      - {name: tick, schedule: "* * * * * *", command: "true"}
+    """)
+    script = Path(sys.executable).parent / "torch"
+    err = open(torch_daemon.stderr_path, "ab")  # noqa: SIM115 - the child owns it
+    torch_daemon.proc = subprocess.Popen([str(script), "start", "--foreground", "-c", str(torch_daemon.config),
+                                          "--http", "127.0.0.1:0"], stdout=err, stderr=err,
+                                         stdin=subprocess.DEVNULL, env=torch_daemon.env(), cwd=cwd)
+    err.close()
+    status, _, body = get(f"{web_url(torch_daemon)}/api/status", timeout=30)
+    assert status == 200 and json.loads(body)["running"] is True
+    assert not marker.exists(), marker.read_text()

@@ -152,7 +152,9 @@ class WebSupervisor:
         return sock
 
     def _argv(self) -> list[str]:
-        return [sys.executable, "-m", "gotorch.web", "--listen-fd", str(LISTEN_FD), "--address", self.address,
+        # -P: `-m` would otherwise put the working directory first on sys.path, and a daemon started
+        # in the foreground from a directory another user can write would import their code as root.
+        return [sys.executable, "-P", "-m", "gotorch.web", "--listen-fd", str(LISTEN_FD), "--address", self.address,
                 "--socket", str(self._control_socket), "--history", str(self._history or ""),
                 "--daemon-pid", str(os.getpid())]
 
