@@ -83,12 +83,14 @@ def _find(environ: bytes, needle: bytes) -> str | None:
     return None
 
 
-def pids_by_env(name: str, values: Iterable[str]) -> dict[str, list[int]]:
+def pids_by_env(name: str, values: Iterable[str], uids: Iterable[int] | None = None) -> dict[str, list[int]]:
     """Every process but this one whose environment sets `name` to one of `values`, by value.
 
     What /proc shows is the environment a program was exec'd with (later setenv calls do not show),
     so a process that exec'd another program with a scrubbed environment is not found. Processes we
-    may not read are skipped.
+    may not read are skipped, and so are processes not owned by one of `uids` (when given): another
+    user's processes cannot be ours, and reading their environments (a few MB each, if they want)
+    would let them make the scan as slow as they like.
     """
     wanted = set(values)
     found: dict[str, list[int]] = {}
@@ -96,10 +98,13 @@ def pids_by_env(name: str, values: Iterable[str]) -> dict[str, list[int]]:
         return found
     needle = name.encode() + b"="
     me = os.getpid()
+    owners = None if uids is None else set(uids)
     for pid in pids():
         if pid == me:
             continue
         try:
+            if owners is not None and os.stat(f"/proc/{pid}").st_uid not in owners:
+                continue
             with open(f"/proc/{pid}/environ", "rb") as f:
                 environ = f.read()
         except OSError:

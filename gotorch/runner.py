@@ -84,6 +84,10 @@ _POLL_S = 0.02
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 USER_PATH = "/usr/local/bin:/usr/bin:/bin"
 RUN_ID_VAR = "TORCH_RUN_ID"
+# What the kill paths look for in /proc to find a run's escaped processes: the run's own id, always
+# (TORCH_RUN_ID of an alert hook names the run it reports on, and that run's kill must not take
+# the hook with it).
+RUN_KEY_VAR = "TORCH_RUN_KEY"
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -221,6 +225,7 @@ def build_env(spec: RunSpec) -> dict[str, str]:
         # A task env entry of that name must not masquerade as a fire time.
         env.pop("TORCH_SCHEDULED_AT", None)
     env.update(spec.report_env)
+    env[RUN_KEY_VAR] = spec.run_id
     return env
 
 
@@ -238,13 +243,13 @@ def set_child_subreaper() -> bool:
         return False
 
 
-def _pids_by_run_id(run_ids: Iterable[str]) -> dict[str, list[int]]:
-    """Every process (but us) carrying one of `run_ids` as TORCH_RUN_ID, by run id: a /proc scan.
+def _pids_by_run_id(run_ids: Iterable[str], uids: Iterable[int] | None = None) -> dict[str, list[int]]:
+    """Every process (but us) of `uids` carrying one of `run_ids` as TORCH_RUN_KEY, by run id: a /proc scan.
 
     This is how we find processes that left their run's process group (setsid, double fork); kill
     paths only, never on spawn.
     """
-    return procfs.pids_by_env(RUN_ID_VAR, run_ids)
+    return procfs.pids_by_env(RUN_KEY_VAR, run_ids, uids)
 
 
 def _signal_name(signum: int) -> str:
@@ -354,6 +359,16 @@ class Runner:
     def runs(self) -> Mapping[str, Run]:
         """Runs that have not ended yet, by run id (a read-only live view)."""
         return MappingProxyType(self._runs)
+
+    def _uids(self, also: Iterable[Run] = ()) -> set[int]:
+        """Whose processes may carry a run's id: ours, root's, and each running run's user's."""
+        uids = {0, os.geteuid()}
+        # Runs still being stopped count too: their processes may outlive their main one.
+        for run in [*self._runs.values(), *(e.run for e in self._escalations.values()), *also]:
+            if run.spec.user is not None:
+                with contextlib.suppress(KeyError):
+                    uids.add(accounts.user(run.spec.user).pw_uid)
+        return uids
 
     def running_count(self, task: str) -> int:
         """How many runs of `task` have not ended yet."""
@@ -699,7 +714,7 @@ class Runner:
         if pending is None:
             return
         # One full scan per signalled run that ends: a kill path, so affordable.
-        found = _pids_by_run_id((run.spec.run_id,)).get(run.spec.run_id, [])
+        found = _pids_by_run_id((run.spec.run_id,), self._uids()).get(run.spec.run_id, [])
         late = [p for p in self._outside_group(run, found) if p not in pending.escaped]
         if late:
             pending.escaped.extend(self._send(run, signal.SIGTERM, pending.reason, late, group=False))
@@ -751,7 +766,7 @@ class Runner:
         `group=False` leaves the group alone. Returns the processes signalled outside the group.
         """
         group_hit = self._signal_group(run, sig) if group else False
-        pids = list(escaped) if escaped is not None else _pids_by_run_id((run.spec.run_id,)).get(
+        pids = list(escaped) if escaped is not None else _pids_by_run_id((run.spec.run_id,), self._uids()).get(
             run.spec.run_id, [])
         outside = self._signal_outside(run, sig, pids)
         self._log_signal(run, sig, reason, group_hit, outside)
@@ -769,7 +784,7 @@ class Runner:
         group_hit = {rid: self._signal_group(run, signal.SIGKILL) for rid, run in by_id.items()}
         killed: set[int] = set()
         for rescan in range(KILL_RESCANS + 1):
-            found = _pids_by_run_id(by_id)
+            found = _pids_by_run_id(by_id, self._uids(by_id.values()))
             any_killed = False
             for rid, run in by_id.items():
                 outside = self._signal_outside(
@@ -805,7 +820,8 @@ class Runner:
                 run._timeout_handle.cancel()
                 run._timeout_handle = None
         run_ids = [r.spec.run_id for r in runs]
-        escaped = _pids_by_run_id(run_ids)
+        uids = self._uids()  # now, while every run is still here
+        escaped = _pids_by_run_id(run_ids, uids)
         for run in runs:
             self._send(run, signal.SIGTERM, "shutdown", escaped.get(run.spec.run_id, []))
         self._signal_orphans(signal.SIGTERM)
@@ -815,7 +831,7 @@ class Runner:
         # members of their groups may still be on their way out: TERM the newcomers, and give them
         # all what is left of stop_timeout, like the runs.
         termed = {pid for pids in escaped.values() for pid in pids}
-        found = _pids_by_run_id(run_ids)
+        found = _pids_by_run_id(run_ids, uids)
         for run in runs:
             late = [p for p in self._outside_group(run, found.get(run.spec.run_id, [])) if p not in termed]
             if late:

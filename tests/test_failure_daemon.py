@@ -150,3 +150,27 @@ def test_a_reload_that_changes_the_task_cancels_its_pending_retry(torch_daemon: 
     assert skipped["reason"] == "reload" and "retry attempt 2" in skipped["detail"]
     assert torch_daemon.stop() == 0
     assert [r["attempt"] for r in _rows(torch_daemon.state, "task = 'flaky' AND kind = 'run'")] == [1]
+
+
+def test_a_hook_outlives_the_kill_of_the_run_it_reports_on(torch_daemon: Torch) -> None:
+    # The hook's TORCH_RUN_ID names the reported run; the kill of that run (its timeout) must not
+    # take the hook with it, or the alert of a hung job would never get out.
+    d = torch_daemon.tmp
+    torch_daemon.write(f"""\
+    version: 1
+    tasks:
+      - name: hung
+        schedule: "@reboot"
+        command: "sleep 30"
+        timeout: 2s
+        kill_timeout: 1s
+        warn_after: 1s
+        on_failure: 'sleep 4; {HOOK.format(dir=d, name="alert")}'
+    """)
+    torch_daemon.start()
+    wait_until(lambda: len(_envs(d, "alert")) == 2, 30,
+               what=lambda: f"both hooks done; rows {_rows(torch_daemon.state)}")
+    assert sorted(e["TORCH_STATUS"] for e in _envs(d, "alert")) == ["overdue", "timeout"]
+    wait_until(lambda: len(_rows(torch_daemon.state, "task = 'hung:on_failure' AND status = 'ok'")) == 2, 10,
+               what=lambda: f"hook rows {_rows(torch_daemon.state, 'task = ?', 'hung:on_failure')}")
+    assert torch_daemon.stop() == 0

@@ -93,3 +93,20 @@ def test_is_torch_process_reads_the_argv(child: subprocess.Popen[bytes]) -> None
             p.kill()
             p.wait()
     assert not is_torch_process(torch_like.pid)  # gone
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start a process as another uid (nobody)")
+def test_pids_by_env_skips_processes_of_other_users() -> None:
+    import pwd
+    import subprocess
+
+    nobody = pwd.getpwnam("nobody")
+    proc = subprocess.Popen(["sleep", "30"], env={"PATH": "/usr/bin:/bin", "SCAN_ME": "x1"},
+                            user=nobody.pw_uid, group=nobody.pw_gid, extra_groups=[])
+    try:
+        assert procfs.pids_by_env("SCAN_ME", ["x1"]) == {"x1": [proc.pid]}
+        assert procfs.pids_by_env("SCAN_ME", ["x1"], uids=[nobody.pw_uid]) == {"x1": [proc.pid]}
+        assert procfs.pids_by_env("SCAN_ME", ["x1"], uids=[0]) == {}
+    finally:
+        proc.kill()
+        proc.wait()

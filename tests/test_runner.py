@@ -251,6 +251,7 @@ def test_environment_is_clean(h: Harness, monkeypatch: pytest.MonkeyPatch) -> No
         "TORCH_TASK": "envtask",
         "TORCH_RUN_ID": run.spec.run_id,
         "TORCH_SCHEDULED_AT": "2027-03-28T01:00:00Z",
+        "TORCH_RUN_KEY": run.spec.run_id,
     }
     (start,) = h.events("run.start", run.spec.run_id)
     assert start["scheduled_at"] == "2027-03-28T01:00:00Z"
@@ -622,7 +623,7 @@ def test_kill_rescans_for_processes_forked_between_scan_and_kill(
 
     def kill(pid: int, sig: int) -> None:
         if pid == escapee and sig == signal.SIGKILL and not late:
-            env = {"PATH": "/usr/bin:/bin", "TORCH_RUN_ID": run.spec.run_id}
+            env = {"PATH": "/usr/bin:/bin", "TORCH_RUN_ID": run.spec.run_id, "TORCH_RUN_KEY": run.spec.run_id}
             late.append(os.posix_spawn("/bin/sleep", ["sleep", "1000"], env, setsid=True))
         real_kill(pid, sig)
 
