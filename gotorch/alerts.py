@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from gotorch.history.recorder import OutputSample
 from gotorch.policy import FAILURES, FailureStreak, will_retry
 from gotorch.scheduler import Scheduler
 
-HOOK_DIR = "hooks"  # in the state directory: the output files handed to hooks
+HOOK_DIR = "hooks"  # in the state directory: the output files handed to hooks running as the daemon's user
 
 
 @dataclass
@@ -50,7 +51,8 @@ class Alerts:
     def __init__(self, loop: asyncio.AbstractEventLoop, scheduler: Scheduler, state_dir: Path) -> None:
         self._loop = loop
         self._sched = scheduler
-        self._dir = state_dir / HOOK_DIR
+        self._state_dir = state_dir
+        self._dir: Path | None = None  # made at the first hook that needs it
         self._host = socket.gethostname()
         self.streaks: dict[str, FailureStreak] = {}
         self._runs: dict[str, _Watched] = {}  # by run id, only for tasks with hooks
@@ -138,12 +140,27 @@ class Alerts:
         self._sched.bus.publish(HookStarted(task.name, hook, status, hook_id, run_id, failures))
         self._sched.start_hook(task, hook, command, tuple(report.items()), hook_id)
 
+    def _output_dir(self, task: Task) -> Path:
+        """Where the output copies go: a directory the hook's user can reach.
+
+        STATE is 0750 and its parents may be too, so a hook running as another user could not
+        open a file there. For those, a private directory of our own in the system's temporary
+        directory (made by mkdtemp: a fresh name, ours, nobody else can plant anything in it),
+        opened up to 0711 so a user can open their own file by name but not list the others.
+        """
+        if task.user is None or os.geteuid() != 0:
+            path = self._state_dir / HOOK_DIR
+            trustedfs.ensure_dir(str(path), os.geteuid(), mode=0o711)
+            return path
+        if self._dir is None or not self._dir.is_dir():
+            self._dir = Path(tempfile.mkdtemp(prefix="torch-hooks-"))
+            os.chmod(self._dir, 0o711)
+        return self._dir
+
     def _output_file(self, task: Task, hook_id: str, output: OutputSample) -> str | None:
         """The reported run's kept output in a file only the hook's user can read; None if it cannot be made."""
-        path = str(self._dir / f"{hook_id}.output")
         try:
-            # 0711: the hook's user may open its own file by name, but cannot list the others.
-            trustedfs.ensure_dir(str(self._dir), os.geteuid(), mode=0o711)
+            path = str(self._output_dir(task) / f"{hook_id}.output")
             fd = trustedfs.open_state_file(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except (OSError, trustedfs.Untrusted):
             return None
@@ -151,7 +168,8 @@ class Alerts:
             os.write(fd, output.text())
             if task.user is not None and os.geteuid() == 0:
                 pw = accounts.user(task.user)
-                os.fchown(fd, pw.pw_uid, pw.pw_gid)
+                gid = accounts.group(task.group).gr_gid if task.group is not None else pw.pw_gid
+                os.fchown(fd, pw.pw_uid, gid)
         except (OSError, KeyError):
             os.close(fd)
             with contextlib.suppress(OSError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 import sqlite3
 from pathlib import Path
 
@@ -174,3 +176,27 @@ def test_a_hook_outlives_the_kill_of_the_run_it_reports_on(torch_daemon: Torch) 
     wait_until(lambda: len(_rows(torch_daemon.state, "task = 'hung:on_failure' AND status = 'ok'")) == 2, 10,
                what=lambda: f"hook rows {_rows(torch_daemon.state, 'task = ?', 'hung:on_failure')}")
     assert torch_daemon.stop() == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a task as another user (nobody)")
+def test_a_hook_running_as_the_tasks_user_can_read_its_output_file(torch_daemon: Torch) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir="/tmp") as drop:
+        os.chmod(drop, 0o777)  # where the hook (as nobody) leaves what it read
+        torch_daemon.write(f"""\
+        version: 1
+        tasks:
+          - name: as-nobody
+            schedule: "@reboot"
+            user: nobody
+            workdir: /
+            command: "echo secret-output; exit 1"
+            on_failure: 'cat "$TORCH_OUTPUT_FILE" > {drop}/got; id -u > {drop}/uid'
+        """)
+        torch_daemon.start()
+        wait_until(lambda: Path(drop, "uid").exists() and Path(drop, "uid").read_text().strip(), 20,
+                   what="the hook ran")
+        assert Path(drop, "uid").read_text().strip() == str(pwd.getpwnam("nobody").pw_uid)
+        assert Path(drop, "got").read_text() == "secret-output\n"
+        assert torch_daemon.stop() == 0
