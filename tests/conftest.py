@@ -244,3 +244,15 @@ def missed_seconds(t: Torch, task: str) -> set[int]:
         last = int(datetime.fromisoformat(ev["last"].replace("Z", "+00:00")).timestamp())
         out.update(range(first, last + 1))
     return out
+
+
+def deny_open(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
+    """Make `os.open` of `path` fail with EACCES: tests may run as root, which chmod cannot lock out."""
+    real_open = os.open
+
+    def deny(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if Path(file) == path:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", deny)

@@ -23,6 +23,7 @@ import gotorch.cli as cli_module
 from gotorch.cli import cli
 from gotorch.history import query, schema
 from gotorch.history.query import HistoryRow, HistoryUnreadable, history, open_readonly, runs_with_output
+from tests.conftest import deny_open
 
 T0 = datetime(2027, 1, 1, tzinfo=UTC).timestamp()
 JSON_KEYS = ["run_id", "task", "trigger", "attempt", "scheduled_at", "started_at", "ended_at", "status",
@@ -173,14 +174,7 @@ def test_permission_denied_is_unreadable(state: Path, db: sqlite3.Connection,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     # The tests may run as root, which chmod cannot lock out: make the open fail as it would.
     path = state / "history.db"
-    real_open = os.open
-
-    def deny(file: Any, *args: Any, **kwargs: Any) -> Any:
-        if Path(file) == path:
-            raise PermissionError(13, "Permission denied", str(file))
-        return real_open(file, *args, **kwargs)
-
-    monkeypatch.setattr(query.os, "open", deny)
+    deny_open(monkeypatch, path)
     with pytest.raises(HistoryUnreadable, match="permission denied"):
         open_readonly(path)
 

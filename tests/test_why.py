@@ -7,7 +7,6 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -41,6 +40,7 @@ from gotorch.why import (
     previous_fire_ts,
     wall_time_note,
 )
+from tests.conftest import deny_open
 
 BERLIN = ZoneInfo("Europe/Berlin")
 # Fixed, past instants: the CLI refuses an --at in the future, so CLI tests use 2025 (before "now").
@@ -738,14 +738,7 @@ def test_cli_history_without_permission_exits_1(state: Path, db: sqlite3.Connect
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     # The tests may run as root, which chmod cannot lock out: make the open fail as it would.
     path = state / "history.db"
-    real_open = os.open
-
-    def deny(file: Any, *args: Any, **kwargs: Any) -> Any:
-        if Path(file) == path:
-            raise PermissionError(13, "Permission denied", str(file))
-        return real_open(file, *args, **kwargs)
-
-    monkeypatch.setattr(os, "open", deny)  # the one query.open_readonly calls
+    deny_open(monkeypatch, path)
     r = run_cli(state, "backup")
     assert r.exit_code == 1 and r.stdout == ""
     assert f"torch: cannot read history database {path}: permission denied" in r.stderr
