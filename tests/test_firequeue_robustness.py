@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 
 import gotorch.firequeue as firequeue_mod
+from gotorch import log
 from gotorch.config import Task
 from gotorch.firequeue import (
     BACKWARD_LIMIT,
@@ -292,7 +292,7 @@ def test_one_failing_start_does_not_stop_the_other_actions_of_the_tick(tmp_path:
     started: list[str] = []
 
     async def main() -> list[dict[str, Any]]:
-        with capture_logs() as logs:
+        with log.captured() as logs:
             sched = Scheduler(asyncio.get_running_loop(), state_dir=tmp_path)
             sched.queue = FakeQueue()
             sched.apply({"bad": (bad, None), "good": (good, None)})
@@ -311,4 +311,4 @@ def test_one_failing_start_does_not_stop_the_other_actions_of_the_tick(tmp_path:
     events = [e["event"] for e in logs]
     assert "fire.failed" in events and "missed" in events and "task.tick_failed" in events
     (failed,) = [e for e in logs if e["event"] == "task.tick_failed"]
-    assert failed["task"] == "broken" and failed["log_level"] == "error"
+    assert failed["task"] == "broken" and failed["level"] == "error"
