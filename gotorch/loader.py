@@ -26,7 +26,7 @@ import resource
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from gotorch import accounts
 from gotorch.config import Config, ConfigError, ConfigInvalid, Task, compacted, parse_bytes, read_task_file
 from gotorch.firequeue import FireHints, precompute
 from gotorch.hosts import IPAddress, host_addresses, local_timezone
+from gotorch.plan import Plan, applicable, reload_plan
 from gotorch.trustedfs import FileBytes, Untrusted, read_file
 
 # A file modified less than this long ago may still be being written: wait until it has not changed
@@ -126,34 +127,72 @@ SLICE = 2000
 
 
 @dataclass(frozen=True)
+class Base:
+    """What the daemon runs when it forks the reload's child: the child answers with the difference.
+
+    `config` is the config last applied; `running()` (called in the child, on its copy of the
+    daemon's memory) gives the tasks the scheduler runs now, by name, with their matched address.
+    """
+
+    config: Config
+    running: Callable[[], Mapping[str, tuple[Task, str | None]]]
+
+
+@dataclass(frozen=True)
 class Loaded:
-    """A valid config from the child: its digest and this host's addresses, and the pickled rest."""
+    """A valid config from the child, as the difference from the daemon's `Base`.
+
+    A reload that changes one task of 10,000 sends that task, not 10,000: the daemon keeps its own
+    objects for the rest, so taking the answer costs it a few milliseconds.
+    """
 
     digest: str
     path: str
     addresses: list[IPAddress]
-    hints: bytes  # pickle of FireHints
-    slices: list[bytes]  # pickles of the tasks, SLICE at a time, in file order
+    order: tuple[str, ...]  # every task's name, in file order
+    fresh: list[bytes]  # pickles of the tasks that are not the base config's, SLICE at a time
+    plan: Plan  # against Base.running (see plan.reload_plan)
+    here: dict[str, str | None]  # matched address of each name the plan adds, changes or refreshes
+    hints: bytes  # pickle of FireHints for the tasks the plan adds or changes
 
-    async def unpack(self, quiet: Callable[[], Awaitable[None]]) -> tuple[Config, FireHints]:
-        """The config and its next fires, unpickled a slice at a time, awaiting `quiet()` before each."""
-        tasks: list[Task] = []
-        for blob in self.slices:
+    async def unpack(self, base: Config, quiet: Callable[[], Awaitable[None]]
+                     ) -> tuple[Config, dict[str, tuple[Task, str | None]], FireHints]:
+        """The new config, the tasks the plan needs (`apply_plan`) and their next fires.
+
+        `base` must be the config the child was given; fresh tasks are unpickled a slice at a time,
+        awaiting `quiet()` before each.
+        """
+        fresh: dict[str, Task] = {}
+        for blob in self.fresh:
             await quiet()
-            tasks.extend(pickle.loads(blob))
+            fresh.update((t.name, t) for t in pickle.loads(blob))
             # Long-lived from now on: out of the collector's sight, or a full collection that a
             # tick's allocations happen to trigger would scan them all (20-50 ms for 10,000 tasks).
             gc.freeze()
-        await quiet()
+        if fresh:
+            await quiet()
+        old = {t.name: t for t in base.tasks} if len(fresh) < len(self.order) else {}
+        tasks = tuple(fresh.get(n) or old[n] for n in self.order)
+        part = {n: (fresh.get(n) or old[n], ip) for n, ip in self.here.items()}
         hints: FireHints = pickle.loads(self.hints)
-        return Config(self.path, tuple(tasks), self.digest), hints
+        return Config(self.path, tasks, self.digest), part, hints
 
 
-def _pack(config: Config, addresses: list[IPAddress], hints: FireHints) -> Loaded:
+def _pack(config: Config, addresses: list[IPAddress], base: Base | None, wall: float) -> Loaded:
+    """The answer to a daemon running `base` (None: nothing yet, so everything is new)."""
     dump = functools.partial(pickle.dumps, protocol=pickle.HIGHEST_PROTOCOL)
-    tasks = config.tasks
-    return Loaded(config.digest, config.path, addresses, dump(hints),
-                  [dump(tasks[i:i + SLICE]) for i in range(0, len(tasks), SLICE)])
+    old = {t.name: t for t in base.config.tasks} if base is not None else {}
+    # A task equal to the base's but on another line is sent too: the daemon's copy says where it is.
+    fresh = [t for t in config.tasks if (o := old.get(t.name)) is None or o != t or o.line != t.line]
+    here, _ = applicable(config, addresses)
+    # Unchanged tasks are the daemon's own objects: the plan compares by identity first.
+    here = {n: (old[n] if n in old and old[n] == t and old[n].line == t.line else t, ip) for n, (t, ip) in here.items()}
+    plan = reload_plan(base.running() if base is not None else {}, here)
+    touched = (*plan.added, *plan.changed, *plan.unchanged)
+    hints = precompute((here[n][0] for n in (*plan.added, *plan.changed)), wall)
+    return Loaded(config.digest, config.path, addresses, tuple(t.name for t in config.tasks),
+                  [dump(fresh[i:i + SLICE]) for i in range(0, len(fresh), SLICE)], plan,
+                  {n: here[n][1] for n in touched}, dump(hints))
 
 
 @dataclass(frozen=True)
@@ -164,7 +203,7 @@ class LoadFailed:
     transient: bool = False
 
 
-def _load_here(path: Path, host_ips: str | None, euid: int) -> Loaded | LoadFailed:
+def _load_here(path: Path, host_ips: str | None, euid: int, base: Base | None, settle: bool) -> Loaded | LoadFailed:
     """The child's work: settle, read, validate, compute next fires; every failure as a value."""
     file = str(path)
 
@@ -173,10 +212,10 @@ def _load_here(path: Path, host_ips: str | None, euid: int) -> Loaded | LoadFail
 
     accounts.clear()  # forked with the daemon's account cache: a reload must see `useradd`s since
     try:
-        got = read_settled(file, euid)
+        got = read_settled(file, euid, settle=SETTLE_S if settle else 0.0)
         config = _validate(got, path, local_timezone().key, euid)
         addresses = host_addresses(host_ips)
-        hints = precompute(config.tasks, time.time())
+        return _pack(config, addresses, base, time.time())
     except ConfigInvalid as exc:
         return LoadFailed(exc.errors)
     except Untrusted as exc:
@@ -191,10 +230,9 @@ def _load_here(path: Path, host_ips: str | None, euid: int) -> Loaded | LoadFail
                       "torch retries; check the path and the filesystem", transient=True)
     except Exception as exc:  # a bug or an unmodelled corner of YAML: say what, do not retry blindly
         return failed(f"internal error while loading: {exc!r}", "please report it", transient=False)
-    return _pack(config, addresses, hints)
 
 
-def _child_main(write_fd: int, path: Path, host_ips: str | None) -> None:
+def _child_main(write_fd: int, path: Path, host_ips: str | None, base: Base | None, settle: bool) -> None:
     """Run in the forked child: never returns."""
     code = 0
     try:
@@ -211,7 +249,7 @@ def _child_main(write_fd: int, path: Path, host_ips: str | None) -> None:
         with contextlib.suppress(ValueError, OSError):
             vm = _vm_size()
             resource.setrlimit(resource.RLIMIT_AS, (vm + CHILD_EXTRA_MEMORY, resource.RLIM_INFINITY))
-        out = pickle.dumps(_load_here(path, host_ips, os.geteuid()), protocol=pickle.HIGHEST_PROTOCOL)
+        out = pickle.dumps(_load_here(path, host_ips, os.geteuid(), base, settle), protocol=pickle.HIGHEST_PROTOCOL)
         view = memoryview(out)
         while view:
             n = os.write(write_fd, view)
@@ -227,8 +265,13 @@ def _vm_size() -> int:
         return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
-async def load_in_child(path: Path, host_ips: str | None, *, timeout: float = CHILD_TIMEOUT_S) -> Loaded | LoadFailed:
+async def load_in_child(path: Path, host_ips: str | None, base: Base | None = None, *, settle: bool = True,
+                        timeout: float = CHILD_TIMEOUT_S) -> Loaded | LoadFailed:
     """Fork a child that loads `path` (see the module doc) and wait for its answer without blocking.
+
+    The answer is the difference from `base`, what the daemon runs (None: from nothing). `settle`:
+    wait for a file modified just now to stop changing (see `read_settled`); an explicit reload
+    (SIGUSR2, `torch reload`) means the file is ready, and is read at once.
 
     The child is reaped by whoever reaps the daemon's children (`Runner.reap`, waitpid(-1)). If this
     coroutine is cancelled (the daemon stops), the child is killed.
@@ -250,7 +293,7 @@ async def load_in_child(path: Path, host_ips: str | None, *, timeout: float = CH
                                        "torch retries (process or memory limits?)")], True)
     if pid == 0:
         os.close(rfd)
-        _child_main(wfd, path, host_ips)
+        _child_main(wfd, path, host_ips, base, settle)
     os.close(wfd)
     # A pidfd names this very process: signalling it can never reach a reused pid, even if
     # Runner.reap collected the child before we get to the kill below.

@@ -6,7 +6,8 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from gotorch.config import Task
+from gotorch.config import Config, Task
+from gotorch.hosts import IPAddress, match
 
 
 @dataclass(frozen=True)
@@ -26,11 +27,17 @@ class Plan:
 
 def diff(old: Mapping[str, Task], new: Mapping[str, Task]) -> Plan:
     """Compare two task sets by name; a task is changed when any field but its line differs."""
+    changed: list[str] = []
+    unchanged: list[str] = []
+    for n, task in new.items():
+        if n in old:
+            before = old[n]
+            (unchanged if before is task or before == task else changed).append(n)
     return Plan(
         added=tuple(sorted(n for n in new if n not in old)),
         removed=tuple(sorted(n for n in old if n not in new)),
-        changed=tuple(sorted(n for n in new if n in old and new[n] != old[n])),
-        unchanged=tuple(sorted(n for n in new if n in old and new[n] == old[n])),
+        changed=tuple(sorted(changed)),
+        unchanged=tuple(sorted(unchanged)),
     )
 
 
@@ -44,3 +51,31 @@ BOOKKEEPING_FIELDS = ("history_keep", "retries", "retry_backoff", "retry_on", "o
 def runs_unchanged(old: Task, new: Task) -> bool:
     """Whether `old` and `new` differ only in bookkeeping fields (e.g. how much history to keep)."""
     return dataclasses.replace(old, **{f: getattr(new, f) for f in BOOKKEEPING_FIELDS}) == new
+
+
+def applicable(config: Config, addresses: list[IPAddress]) -> tuple[dict[str, tuple[Task, str | None]], list[str]]:
+    """Tasks of `config` that run on a host with `addresses` (enabled, allow-list matched), and the rest."""
+    here: dict[str, tuple[Task, str | None]] = {}
+    skipped: list[str] = []
+    for t in config.tasks:
+        m = match(t.ips, addresses)
+        if t.enabled and m.applies:
+            here[t.name] = (t, str(m.address) if m.address is not None else None)
+        else:
+            skipped.append(t.name)
+    return here, skipped
+
+
+def reload_plan(running: Mapping[str, tuple[Task, str | None]], here: Mapping[str, tuple[Task, str | None]]
+                ) -> Plan:
+    """What applying `here` (name -> (task, matched address)) over `running` changes, for `apply_plan`.
+
+    Added, removed and changed as `diff` says; `unchanged` lists only the names whose entry must
+    still be refreshed: an equal task that is a new object (its line moved) or a new matched address.
+    Names whose task is the very same object with the same address need nothing at all.
+    """
+    old = {n: t for n, (t, _) in running.items()}
+    new = {n: t for n, (t, _) in here.items()}
+    p = diff(old, new)
+    refresh = tuple(n for n in p.unchanged if running[n][0] is not here[n][0] or running[n][1] != here[n][1])
+    return Plan(p.added, p.removed, p.changed, refresh)

@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import ctypes
 import fcntl
+import functools
 import os
 import pwd
 import signal
@@ -206,7 +207,9 @@ def base_env(user: str | None) -> Mapping[str, str]:
     })
 
 
+@functools.lru_cache(maxsize=256)
 def _iso_utc(ts: float) -> str:
+    # Cached: the runs of one second share their fire time, and strftime looks at the zone file each call.
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 

@@ -51,6 +51,10 @@ APPLY_SLICE = 2000
 QUIET_UNTIL = 0.8
 # Reloads of up to this many tasks are applied in one piece, between two boundaries (see apply_gradually).
 APPLY_ATOMIC = 10_000
+# A plan of up to this many names is applied at the next quiet moment (any time early in a second):
+# a few ms. A bigger one waits for a tick, to have nearly a whole second for itself.
+APPLY_QUICK = 1000
+QUICK_UNTIL = 0.97
 
 
 class Scheduler:
@@ -111,33 +115,53 @@ class Scheduler:
 
     async def apply_gradually(self, tasks: dict[str, tuple[Task, str | None]], hints: FireHints | None = None,
                               *, slice_size: int = APPLY_SLICE, atomic_up_to: int = APPLY_ATOMIC) -> Plan:
-        """`apply` for a reload, without ever holding the loop across a second boundary.
+        """`apply` for a reload of the whole task set `tasks`, without ever holding the loop across a boundary.
 
-        Up to `atomic_up_to` names (old and new), the whole config is applied at once, just after
-        a second's fires went out (~100-350 ms for 10,000 tasks): one instant, the old config before
-        it and the new one after. A bigger config is applied `slice_size` names at a time, each
-        slice early in a second, so for a few seconds some tasks run their new definition and
+        See `apply_plan`, which this calls with the diff between the running tasks and `tasks`.
+        """
+        plan = diff({n: s.task for n, s in self.states.items()}, {n: t for n, (t, _) in tasks.items()})
+        return await self.apply_plan(plan, tasks, hints, slice_size=slice_size, atomic_up_to=atomic_up_to)
+
+    async def apply_plan(self, plan: Plan, tasks: Mapping[str, tuple[Task, str | None]],
+                         hints: FireHints | None = None, *, slice_size: int = APPLY_SLICE,
+                         atomic_up_to: int = APPLY_ATOMIC) -> Plan:
+        """Carry out a reload's `plan` (worked out against the running tasks); `tasks` holds its new tasks.
+
+        `tasks` needs an entry for each name in plan.added, plan.changed and plan.unchanged (an
+        unchanged task whose object or matched address is refreshed); names the plan does not
+        mention are left as they are, so a reload that changes one task of 10,000 touches one.
+
+        A plan of up to `atomic_up_to` names is applied at once, at a quiet moment (a big one just
+        after a second's fires went out, ~100-350 ms for 10,000 tasks): one instant, the old config
+        before it and the new one after. A bigger plan is applied `slice_size` names at a time,
+        each slice early in a second, so for a few seconds some tasks run their new definition and
         others their old one. Removed names go first: a task renamed in such a reload may start
         under its new name a little later, but never runs under both names at once.
         """
-        old = {n: s.task for n, s in self.states.items()}
-        removed = [n for n in old if n not in tasks]
-        if len(tasks) + len(removed) <= atomic_up_to:
+        names = [*plan.removed, *plan.unchanged, *plan.changed, *plan.added]
+        if len(names) <= min(APPLY_QUICK, atomic_up_to):
+            # A few ms of work: any moment but the last few ms before a boundary will do, so an added
+            # task's first fire is the next boundary.
+            await self.quiet_moment(until=QUICK_UNTIL)
+            if self.stopping:
+                return diff({}, {})
+            self._apply_part(plan, tasks, hints)
+            return plan
+        if len(names) <= atomic_up_to:
             await self.quiet_moment(whole_second=True)
             if self.stopping:
                 return diff({}, {})
-            plan = diff(old, {n: t for n, (t, _) in tasks.items()})
             self._apply_part(plan, tasks, hints)
             return plan
-        names = [*removed, *tasks]
+        kinds = {n: kind for kind in ("removed", "unchanged", "changed", "added") for n in getattr(plan, kind)}
         parts: list[Plan] = []
         for i in range(0, len(names), slice_size):
             await self.quiet_moment()
             if self.stopping:
                 break
             chunk = names[i:i + slice_size]
-            part = diff({n: old[n] for n in chunk if n in old},
-                        {n: tasks[n][0] for n in chunk if n in tasks})
+            part = Plan(*(tuple(n for n in chunk if kinds[n] == kind)
+                          for kind in ("added", "removed", "changed", "unchanged")))
             self._apply_part(part, tasks, hints)
             gc.freeze()  # the new states and queue entries live on: keep collections from rescanning them
             parts.append(part)
@@ -145,18 +169,19 @@ class Scheduler:
         return Plan(*(tuple(sorted(n for p in parts for n in getattr(p, f))) for f in
                       ("added", "removed", "changed", "unchanged")))
 
-    async def quiet_moment(self, *, whole_second: bool = False) -> None:
+    async def quiet_moment(self, *, whole_second: bool = False, until: float = QUIET_UNTIL) -> None:
         """Return when a slice of work on the loop cannot delay a fire: early in a second, after its tick.
 
         `whole_second`: only right after a tick, leaving (nearly) a whole second for the work.
+        `until`: the fraction of a second after which it is too late (the work must end before the boundary).
         """
         now = time.time()
         frac = now % 1.0
         ticking = self._timer is not None and not self.stopping
-        if ticking and (whole_second or frac > QUIET_UNTIL or self._ticked < math.floor(now)):
+        if ticking and (whole_second or frac > until or self._ticked < math.floor(now)):
             # Too late in the second, or this second's fires have not gone out yet (a busy loop).
             await self.after_next_tick()
-        elif frac <= QUIET_UNTIL and not whole_second:
+        elif frac <= until and not whole_second:
             await asyncio.sleep(0)  # let whatever else is due (reaping, output) run first
         else:  # not ticking (not armed yet, or stopping): just let the boundary pass
             await asyncio.sleep(1.0 - frac + 0.01)

@@ -31,7 +31,7 @@ from gotorch import accounts, control
 from gotorch import log as logmod
 from gotorch.alerts import Alerts
 from gotorch.commands import Commands
-from gotorch.config import Config, ConfigError, Task, release_free_memory
+from gotorch.config import Config, ConfigError, release_free_memory
 from gotorch.daemon import Paths
 from gotorch.events import (
     ControlRefused,
@@ -52,13 +52,14 @@ from gotorch.events import (
 from gotorch.history import DEFAULT_SETTINGS, HistorySettings
 from gotorch.history.recorder import Recorder
 from gotorch.history.writer import HistoryWriter
-from gotorch.hosts import IPAddress, host_addresses, match
-from gotorch.loader import LoadFailed, load_in_child
+from gotorch.hosts import IPAddress, host_addresses
+from gotorch.loader import Base, LoadFailed, load_in_child
 from gotorch.metrics import Metrics
 from gotorch.pauses import PauseStore
+from gotorch.plan import applicable
 from gotorch.retries import Retries
 from gotorch.runner import set_child_subreaper
-from gotorch.scheduler import APPLY_SLICE, Scheduler
+from gotorch.scheduler import Scheduler
 from gotorch.watcher import FileWatcher
 from gotorch.web import Listen
 from gotorch.web.supervisor import WebSupervisor
@@ -91,19 +92,6 @@ class ReloadResult:
     at: float
     trigger: str
     errors: list[dict[str, Any]] = field(default_factory=list)
-
-
-def applicable(config: Config, addresses: list[IPAddress]) -> tuple[dict[str, tuple[Task, str | None]], list[str]]:
-    """Tasks of `config` that run on a host with `addresses` (enabled, allow-list matched), and the rest."""
-    here: dict[str, tuple[Task, str | None]] = {}
-    skipped: list[str] = []
-    for t in config.tasks:
-        m = match(t.ips, addresses)
-        if t.enabled and m.applies:
-            here[t.name] = (t, str(m.address) if m.address is not None else None)
-        else:
-            skipped.append(t.name)
-    return here, skipped
 
 
 class Service:
@@ -344,12 +332,18 @@ class Service:
                 # Forking copies the daemon's page tables (2-7 ms at 100 MB, the loop blocked
                 # meanwhile): never right before a boundary's fires.
                 await self.scheduler.after_next_tick()
-            outcome = await load_in_child(self.config_path, self.host_ips)
+            sched = self.scheduler
+            running = sched.states
+            # Only an edit seen by the watcher may be caught half-written; SIGUSR2 or `torch reload`
+            # is someone saying the file is ready.
+            outcome = await load_in_child(self.config_path, self.host_ips, Base(
+                self.config, lambda: {n: (st.task, st.matched_ip) for n, st in running.items()}),
+                settle=trigger == "file")
             if isinstance(outcome, LoadFailed):
                 self._reload_failed(trigger, outcome.errors, transient=outcome.transient)
                 return
             self._retry_delay = 0.0
-            if self.scheduler.stopping:
+            if sched.stopping:
                 return
             if outcome.digest == self.config.digest and outcome.addresses == self.addresses and not self._half_applied:
                 # Same bytes (a touch, a chmod, an editor saving twice): not a new generation.
@@ -357,17 +351,11 @@ class Service:
                 self.bus.publish(ReloadUnchanged(trigger, self.generation.number))
                 return
             parsed = time.monotonic()
-            # Unpickle and match a slice at a time, each early in a second, then apply (at once up to
-            # 10,000 tasks, else in slices): even 100,000 tasks never hold the loop across a boundary
-            # (as one piece they took 3.5 s).
-            sched = self.scheduler
-            config, hints = await outcome.unpack(sched.quiet_moment)
+            # The child sent the difference from what runs: only the tasks it adds or changes are
+            # unpickled (a slice at a time, each early in a second) and only the plan's names are
+            # touched, so a reload that changes one task of 10,000 costs the loop a few ms.
+            config, part, hints = await outcome.unpack(self.config, sched.quiet_moment)
             applying = time.monotonic()
-            here: dict[str, tuple[Task, str | None]] = {}
-            for i in range(0, len(config.tasks), APPLY_SLICE):
-                await sched.quiet_moment()
-                part = Config(config.path, config.tasks[i:i + APPLY_SLICE], "")
-                here.update(applicable(part, outcome.addresses)[0])
             if sched.stopping:
                 return
             accounts.clear()  # accounts named by tasks may have been created or changed since
@@ -375,7 +363,7 @@ class Service:
             # old file's bytes must be applied again, not taken as "unchanged".
             self._half_applied = True
             try:
-                plan = await sched.apply_gradually(here, hints)
+                plan = await sched.apply_plan(outcome.plan, part, hints)
             except Exception as exc:  # a bug, not a bad file: say so loudly, keep the daemon up
                 self._reload_crashed(trigger, exc)
                 return
@@ -387,12 +375,14 @@ class Service:
                                                       [str(a) for a in outcome.addresses]))
                 self.addresses = outcome.addresses
             self.config = config
-            del outcome, hints, here
+            big = len(outcome.fresh) > 1
+            del outcome, hints, part
             # Freeze what lives on, so later collections do not rescan the config. The old config
             # was freed by reference counting (it holds no cycles); a young collection first, so
             # that no cyclic garbage of the moment (an exception's traceback) is frozen for good.
             gc.collect(1)
-            release_free_memory()
+            if big:  # thousands of tasks were replaced: give the memory of the old ones back
+                release_free_memory()
             gc.freeze()
             self.generation = Generation(self.generation.number + 1, config.digest, time.time(),
                                          plan.added, plan.removed, plan.changed)

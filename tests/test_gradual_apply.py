@@ -94,7 +94,14 @@ def test_task_renamed_in_a_sliced_reload_never_runs_under_both_names(tmp_path: P
     assert fires[max(fires)] == ["b_new"]
 
 
-def test_small_reload_is_applied_in_one_piece_after_a_tick(tmp_path: Path, fake_clock: dict[str, float]) -> None:
+@pytest.mark.parametrize(("quick", "wait"), [(1000, {"until": 0.97}), (0, {"whole_second": True})])
+def test_reload_is_applied_in_one_piece_a_big_one_right_after_a_tick(
+        tmp_path: Path, fake_clock: dict[str, float], monkeypatch: pytest.MonkeyPatch, quick: int,
+        wait: dict[str, object]) -> None:
+    # Up to APPLY_QUICK names, the next quiet moment early in a second will do; more wait for a tick.
+    import gotorch.scheduler as scheduler_module
+
+    monkeypatch.setattr(scheduler_module, "APPLY_QUICK", quick)
     before = tasks('  - {name: a, schedule: "* * * * * *", command: x}\n' + yearly(["y1", "y2", "y3"]))
     after = tasks('  - {name: a, schedule: "* * * * * *", command: changed}\n' + yearly(["y1", "y2", "y3"], 2))
     quiet_calls: list[dict[str, object]] = []
@@ -111,7 +118,7 @@ def test_small_reload_is_applied_in_one_piece_after_a_tick(tmp_path: Path, fake_
         assert plan.changed == ("a", "y1", "y2", "y3")
 
     fires = _drive(tmp_path, fake_clock, before, after, apply)
-    assert quiet_calls == [{"whole_second": True}]  # one wait for a tick, then everything at once
+    assert quiet_calls == [wait]  # one wait, then everything at once
     assert all(names == ["a"] for names in fires.values())
 
 
@@ -120,8 +127,8 @@ def test_reload_that_failed_half_way_is_not_taken_as_unchanged(tmp_path: Path, m
     # was then "reload.unchanged", and the mix stayed for good.
     import gotorch.service as service_module
     from gotorch.config import Config
-    from gotorch.firequeue import precompute
-    from gotorch.loader import _pack
+    from gotorch.loader import Base, _pack
+    from gotorch.plan import applicable
 
     def config(cmd: str, digest: str) -> Config:
         c = parse_config("version: 1\ntasks:\n" + "".join(
@@ -130,10 +137,10 @@ def test_reload_that_failed_half_way_is_not_taken_as_unchanged(tmp_path: Path, m
         return Config(c.path, c.tasks, digest)
 
     old, new = config("old", "d-old"), config("new", "d-new")
-    answers = [_pack(new, [], precompute(new.tasks, 0)), _pack(old, [], precompute(old.tasks, 0))]
+    configs = [new, old]
 
-    async def fake_load(path: Path, host_ips: str | None) -> object:
-        return answers.pop(0)
+    async def fake_load(path: Path, host_ips: str | None, base: Base, settle: bool) -> object:
+        return _pack(configs.pop(0), [], base, 0)
 
     monkeypatch.setattr(service_module, "load_in_child", fake_load)
 
@@ -143,10 +150,10 @@ def test_reload_that_failed_half_way_is_not_taken_as_unchanged(tmp_path: Path, m
                                    addresses=[], watch=False)
         s.loop = loop
         s.scheduler = sched = Scheduler(loop, state_dir=tmp_path)
-        sched.apply(service_module.applicable(old, [])[0])
-        sliced = sched.apply_gradually
-        monkeypatch.setattr(sched, "apply_gradually",
-                            lambda here, hints: sliced(here, hints, slice_size=2, atomic_up_to=0))
+        sched.apply(applicable(old, [])[0])
+        sliced = sched.apply_plan
+        monkeypatch.setattr(sched, "apply_plan",
+                            lambda plan, part, hints: sliced(plan, part, hints, slice_size=2, atomic_up_to=0))
         real_part = sched._apply_part
         calls: list[int] = []
 

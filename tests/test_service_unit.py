@@ -10,7 +10,7 @@ import pytest
 
 from gotorch.config import parse_config
 from gotorch.loader import account_problems
-from gotorch.service import applicable
+from gotorch.plan import applicable
 
 TEXT = """\
 version: 1
