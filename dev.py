@@ -2,7 +2,7 @@
 """Set up torch's virtual environment and run it or its tests: the README's two commands.
 
 Needs only python3 (3.11+). Creates .venv beside this file, installs torch (editable) with its test
-extras when the installed set is out of date, then runs the requested action inside that venv.
+and bench extras when the installed set is out of date, then runs the requested action inside that venv.
 
     python3 dev.py run    # torch in the foreground on etc/tasks.yaml
     python3 dev.py test   # ruff, mypy --strict, and the whole pytest suite
@@ -34,10 +34,10 @@ def _ensure_venv() -> None:
     want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if STAMP.exists() and STAMP.read_text() == want:
         return
-    print("dev.py: installing torch and its test dependencies", flush=True)
+    print("dev.py: installing torch and its test and benchmark dependencies", flush=True)
     pip = [str(BIN / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "install", "--upgrade", "pip"], check=True)
-    subprocess.run([*pip, "install", "-e", f"{ROOT}[test]"], check=True)
+    subprocess.run([*pip, "install", "-e", f"{ROOT}[test,bench]"], check=True)
     # Wheels of torch's runtime dependencies (and its build backend), so the packaging test can build
     # the .deb without the network: tests reach nothing beyond loopback.
     subprocess.run([*pip, "wheel", "--wheel-dir", str(WHEELHOUSE), str(ROOT), "setuptools>=77", "wheel"],

@@ -21,6 +21,14 @@ Scenarios:
   http      `--http` (bench/web.py): 10 tasks/s with 8 clients fetching /metrics and / as fast as they can
             vs none, interleaved: the p99 lateness cost (target <= 1 ms); `/` latency with 1,000 tasks
             (target p95 < 50 ms), and what a page refresh costs the web process and the daemon
+  peers     torch vs the floor loop (bench/floor.py) vs APScheduler 3.x (bench/aps.py, the `bench`
+            extra) on the same task files, interleaved floor/aps/torch for BENCH_REPEATS repeats
+            (default 2) (bench/peers.py): 1 task/s; 10,000 loaded with 10 due/s; 200 due at once;
+            10,000 idle; reload adding a 1/s task; and torch alone: `torch check` of 10,000 tasks,
+            100,000 tasks loaded. Per figure, per contender: median [min..max], the ratios
+            torch/floor and torch/APScheduler, the target and PASS/FAIL. Its parts can be run alone:
+            part names after `peers` (`python3 dev.py bench peers 1tps burst`) or
+            BENCH_PEERS=1tps,burst; parts: 1tps 10k burst idle reload check 100k.
 Set BENCH_SECONDS to change the measuring window of each scenario (default 30; history: 60 per run).
 """
 
@@ -68,8 +76,11 @@ WINDOW = int(os.environ.get("BENCH_SECONDS", "30"))
 
 
 def _compile_recorder(d: Path) -> Path:
+    """bench/recorder.c built static (no dynamic loader between exec and its clock read), else dynamic."""
     exe = d / "recorder"
-    subprocess.run(["cc", "-O2", "-o", str(exe), str(HERE / "recorder.c")], check=True)
+    src = str(HERE / "recorder.c")
+    if subprocess.run(["cc", "-O2", "-static", "-o", str(exe), src], capture_output=True).returncode != 0:
+        subprocess.run(["cc", "-O2", "-o", str(exe), src], check=True)
     return exe
 
 
@@ -141,8 +152,11 @@ def _run_torch(d: Path, tasks: str, seconds: int) -> tuple[float, float]:
 
 
 def _run_floor(recorder: Path, record: Path, seconds: int, per_second: int) -> tuple[float, float]:
-    proc = subprocess.Popen([sys.executable, str(HERE / "floor.py"), str(recorder), str(record),
-                             str(seconds), str(per_second)])
+    """bench/floor.py starting `per_second` recorders every second for `seconds`; (CPU %, RSS MB)."""
+    tasks = record.with_suffix(".yaml")
+    tasks.write_text(_torch_tasks(recorder, record, ["* * * * * *"] * per_second, 0))
+    proc = subprocess.Popen([sys.executable, str(HERE / "floor.py"), str(tasks), str(seconds)],
+                            stdout=subprocess.DEVNULL)
     p = psutil.Process(proc.pid)
     time.sleep(1)
     c0, t0 = p.cpu_times(), time.monotonic()
@@ -355,17 +369,35 @@ def bench_http() -> None:
     run_it()
 
 
+PEER_PARTS = ["1tps", "10k", "burst", "idle", "reload", "check", "100k"]
+_peer_parts: list[str] = []  # chosen on the command line after `peers`, or by BENCH_PEERS
+
+
+def bench_peers() -> None:
+    """bench/peers.py, imported only when chosen (it imports this module's helpers)."""
+    from peers import bench_peers as run_it
+
+    env = [p for p in os.environ.get("BENCH_PEERS", "").split(",") if p]
+    run_it(_peer_parts or env or PEER_PARTS)
+
+
 SCENARIOS: dict[str, Callable[[], None]] = {
     "load": bench_load, "runs": bench_runs, "reload": bench_reload, "hostile": bench_hostile,
-    "reload-memory": bench_reload_memory, "history": bench_history, "http": bench_http,
+    "reload-memory": bench_reload_memory, "history": bench_history, "http": bench_http, "peers": bench_peers,
 }
 
 
 def main() -> None:
-    chosen = sys.argv[1:] or list(SCENARIOS)
-    for name in chosen:
-        if name not in SCENARIOS:
-            sys.exit(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
+    chosen: list[str] = []
+    for name in sys.argv[1:]:
+        if name in PEER_PARTS and chosen and chosen[-1] == "peers":
+            _peer_parts.append(name)
+        elif name in SCENARIOS:
+            chosen.append(name)
+        else:
+            sys.exit(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)} "
+                     f"(peers parts, after `peers`: {', '.join(PEER_PARTS)})")
+    for name in chosen or list(SCENARIOS):
         SCENARIOS[name]()
 
 
