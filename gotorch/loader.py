@@ -1,8 +1,10 @@
 """Loading the task file for the daemon: trusted, settled, and for reloads parsed in a child process.
 
 `load_for_daemon` is what `torch start` and `torch reload` run in their own process. A running
-daemon instead reloads through `load_in_child`: a forked child reads, waits for the file to settle,
-validates and pre-computes next fires, and sends back a pickle. So, whatever the file is:
+daemon instead reloads through `load_in_child`: a child process (gotorch.reload_process, a fresh
+interpreter started ahead of time, not a fork) reads, waits for the file to settle, validates,
+pre-computes next fires and sends back the difference from what the daemon runs. So, whatever the
+file is:
 
 * the event loop never waits for the read (a FIFO, a hung NFS server) or for the parse, and no
   parse competes with the loop for the GIL (a 50 MB file held it for seconds in a thread);
@@ -22,19 +24,17 @@ import functools
 import gc
 import os
 import pickle
-import resource
-import signal
-import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gotorch import accounts
+from gotorch import accounts, reload_process
 from gotorch.config import Config, ConfigError, ConfigInvalid, Task, compacted, parse_bytes, read_task_file
 from gotorch.firequeue import FireHints, precompute
-from gotorch.hosts import IPAddress, host_addresses, local_timezone
+from gotorch.hosts import HOST_IPS_ENV, IPAddress, host_addresses, local_timezone
 from gotorch.plan import Plan, applicable, reload_plan
+from gotorch.reload_process import ReloadProcess
 from gotorch.trustedfs import FileBytes, Untrusted, read_file
 
 # A file modified less than this long ago may still be being written: wait until it has not changed
@@ -45,8 +45,7 @@ SETTLE_S = 0.5
 SETTLE_MAX_S = 30.0
 # A child that has not answered by then (a hung network filesystem) is killed; the reload is retried.
 CHILD_TIMEOUT_S = 120.0
-# The child may use this much more address space than the daemon had when it forked.
-CHILD_EXTRA_MEMORY = 1 << 30
+CHILD_EXTRA_MEMORY = reload_process.CHILD_EXTRA_MEMORY
 
 
 def load_for_daemon(path: Path, default_timezone: str, *, collect: bool = True) -> Config:
@@ -128,14 +127,20 @@ SLICE = 2000
 
 @dataclass(frozen=True)
 class Base:
-    """What the daemon runs when it forks the reload's child: the child answers with the difference.
+    """What the daemon runs when it asks for a reload: the child answers with the difference.
 
-    `config` is the config last applied; `running()` (called in the child, on its copy of the
-    daemon's memory) gives the tasks the scheduler runs now, by name, with their matched address.
+    `config` is the pickle of the config last applied (kept as bytes by the daemon, which never
+    pays for pickling it again), `addresses` the host addresses it was applied with: the tasks
+    running are `applicable(config, addresses)`.
     """
 
-    config: Config
-    running: Callable[[], Mapping[str, tuple[Task, str | None]]]
+    config: bytes
+    addresses: list[IPAddress]
+
+    def load(self) -> tuple[Config, dict[str, tuple[Task, str | None]]]:
+        """The base config and the tasks it runs here (in the child)."""
+        config: Config = pickle.loads(self.config)
+        return config, applicable(config, self.addresses)[0]
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,7 @@ class Loaded:
     digest: str
     path: str
     addresses: list[IPAddress]
+    blob: bytes  # the pickle of the whole new config: the next reload's Base
     order: tuple[str, ...]  # every task's name, in file order
     fresh: list[bytes]  # pickles of the tasks that are not the base config's, SLICE at a time
     plan: Plan  # against Base.running (see plan.reload_plan)
@@ -181,16 +187,17 @@ class Loaded:
 def _pack(config: Config, addresses: list[IPAddress], base: Base | None, wall: float) -> Loaded:
     """The answer to a daemon running `base` (None: nothing yet, so everything is new)."""
     dump = functools.partial(pickle.dumps, protocol=pickle.HIGHEST_PROTOCOL)
-    old = {t.name: t for t in base.config.tasks} if base is not None else {}
+    base_config, running = base.load() if base is not None else (None, {})
+    old = {t.name: t for t in base_config.tasks} if base_config is not None else {}
     # A task equal to the base's but on another line is sent too: the daemon's copy says where it is.
     fresh = [t for t in config.tasks if (o := old.get(t.name)) is None or o != t or o.line != t.line]
     here, _ = applicable(config, addresses)
     # Unchanged tasks are the daemon's own objects: the plan compares by identity first.
     here = {n: (old[n] if n in old and old[n] == t and old[n].line == t.line else t, ip) for n, (t, ip) in here.items()}
-    plan = reload_plan(base.running() if base is not None else {}, here)
+    plan = reload_plan(running, here)
     touched = (*plan.added, *plan.changed, *plan.unchanged)
     hints = precompute((here[n][0] for n in (*plan.added, *plan.changed)), wall)
-    return Loaded(config.digest, config.path, addresses, tuple(t.name for t in config.tasks),
+    return Loaded(config.digest, config.path, addresses, dump(config), tuple(t.name for t in config.tasks),
                   [dump(fresh[i:i + SLICE]) for i in range(0, len(fresh), SLICE)], plan,
                   {n: here[n][1] for n in touched}, dump(hints))
 
@@ -232,75 +239,52 @@ def _load_here(path: Path, host_ips: str | None, euid: int, base: Base | None, s
         return failed(f"internal error while loading: {exc!r}", "please report it", transient=False)
 
 
-def _child_main(write_fd: int, path: Path, host_ips: str | None, base: Base | None, settle: bool) -> None:
-    """Run in the forked child: never returns."""
-    code = 0
+def _set_done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _send(loop: asyncio.AbstractEventLoop, fd: int, data: bytes) -> None:
+    """Write `data` to the non-blocking pipe `fd` without blocking the loop, then close it."""
+    view = memoryview(data)
     try:
-        # The daemon's handlers would write to its wake-up socket; this process is not the daemon.
-        signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2, signal.SIGCHLD):
-            signal.signal(sig, signal.SIG_DFL)
-        # Keep nothing of the daemon's open: above all not the pidfile, whose lock would outlive
-        # a daemon killed while this child still runs.
-        os.closerange(3, write_fd)
-        os.closerange(write_fd + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-        with contextlib.suppress(OSError):
-            os.nice(10)  # a parse must not compete with the daemon and the runs for the CPU
-        with contextlib.suppress(ValueError, OSError):
-            vm = _vm_size()
-            resource.setrlimit(resource.RLIMIT_AS, (vm + CHILD_EXTRA_MEMORY, resource.RLIM_INFINITY))
-        out = pickle.dumps(_load_here(path, host_ips, os.geteuid(), base, settle), protocol=pickle.HIGHEST_PROTOCOL)
-        view = memoryview(out)
         while view:
-            n = os.write(write_fd, view)
-            view = view[n:]
-    except BaseException:
-        code = 70  # the daemon reports "the loader died"; nothing else can be said from here
+            try:
+                view = view[os.write(fd, view):]
+            except BlockingIOError:
+                writable: asyncio.Future[None] = loop.create_future()
+                loop.add_writer(fd, _set_done, writable)
+                try:
+                    await writable
+                finally:
+                    loop.remove_writer(fd)
     finally:
-        os._exit(code)
-
-
-def _vm_size() -> int:
-    with open("/proc/self/statm", "rb") as f:
-        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        os.close(fd)
 
 
 async def load_in_child(path: Path, host_ips: str | None, base: Base | None = None, *, settle: bool = True,
-                        timeout: float = CHILD_TIMEOUT_S) -> Loaded | LoadFailed:
-    """Fork a child that loads `path` (see the module doc) and wait for its answer without blocking.
+                        timeout: float = CHILD_TIMEOUT_S, process: ReloadProcess | None = None) -> Loaded | LoadFailed:
+    """Have a reload process (gotorch.reload_process) load `path`; wait for its answer without blocking.
 
     The answer is the difference from `base`, what the daemon runs (None: from nothing). `settle`:
     wait for a file modified just now to stop changing (see `read_settled`); an explicit reload
-    (SIGUSR2, `torch reload`) means the file is ready, and is read at once.
+    (SIGUSR2, `torch reload`) means the file is ready, and is read at once. `process`: one started
+    ahead of time (`reload_process.spawn`), else one is started now.
 
-    The child is reaped by whoever reaps the daemon's children (`Runner.reap`, waitpid(-1)). If this
-    coroutine is cancelled (the daemon stops), the child is killed.
+    The process is reaped by whoever reaps the daemon's children (`Runner.reap`, waitpid(-1)). If
+    this coroutine is cancelled (the daemon stops) or times out, the process is killed.
     """
     loop = asyncio.get_running_loop()
     file = str(path)
-    try:
-        rfd, wfd = os.pipe2(os.O_CLOEXEC)
-    except OSError as exc:
-        return LoadFailed([ConfigError(file, 0, 0, "", f"cannot start the reload: {exc.strerror}")], True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        pid = os.fork()
-    except OSError as exc:
-        os.close(rfd)
-        os.close(wfd)
-        return LoadFailed([ConfigError(file, 0, 0, "", f"cannot start the reload process: {exc.strerror}",
-                                       "torch retries (process or memory limits?)")], True)
-    if pid == 0:
-        os.close(rfd)
-        _child_main(wfd, path, host_ips, base, settle)
-    os.close(wfd)
-    # A pidfd names this very process: signalling it can never reach a reused pid, even if
-    # Runner.reap collected the child before we get to the kill below.
-    pidfd: int | None = None
-    with contextlib.suppress(OSError, AttributeError):
-        pidfd = os.pidfd_open(pid)
-    os.set_blocking(rfd, False)
+    if process is None or process.exited():
+        if process is not None:
+            process.kill()
+        try:
+            process = reload_process.spawn()
+        except OSError as exc:
+            return LoadFailed([ConfigError(file, 0, 0, "", f"cannot start the reload process: {exc.strerror or exc}",
+                                           "torch retries (process or memory limits?)")], True)
+    rfd = process.answer_fd
     done: asyncio.Future[bytes] = loop.create_future()
     chunks: list[bytes] = []
     eof = False
@@ -322,10 +306,18 @@ async def load_in_child(path: Path, host_ips: str | None, base: Base | None = No
             if not done.done():
                 done.set_exception(exc)
 
+    # The process gets no TORCH_* environment (see reload_process._env): the override travels here.
+    if host_ips is None:
+        host_ips = os.environ.get(HOST_IPS_ENV)
+    request = pickle.dumps((file, host_ips, settle, base), protocol=pickle.HIGHEST_PROTOCOL)
+    process.request_fd, request_fd = -1, process.request_fd  # _send closes it
     loop.add_reader(rfd, readable)
     try:
         try:
-            data = await asyncio.wait_for(done, timeout)
+            async with asyncio.timeout(timeout):
+                with contextlib.suppress(BrokenPipeError):  # it died: its answer says so (none)
+                    await _send(loop, request_fd, request)
+                data = await done
         except TimeoutError:
             return LoadFailed([ConfigError(file, 0, 0, "", f"reading and checking the file took over {timeout:g} s",
                                            "torch retries; is the filesystem responding?")], True)
@@ -333,15 +325,9 @@ async def load_in_child(path: Path, host_ips: str | None, base: Base | None = No
             return LoadFailed([ConfigError(file, 0, 0, "", f"reload failed: {exc}")], True)
     finally:
         loop.remove_reader(rfd)
-        os.close(rfd)
-        if not eof:  # timed out or cancelled (the daemon stops): the child must not outlive it
-            with contextlib.suppress(ProcessLookupError):
-                if pidfd is not None:
-                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-                else:  # no pidfd (kernel < 5.3): the child may in theory have been reaped and its pid
-                    os.kill(pid, signal.SIGKILL)  # reused within microseconds; accepted on such kernels
-        if pidfd is not None:
-            os.close(pidfd)
+        if not eof:  # timed out or cancelled (the daemon stops): the process must not outlive it
+            process.kill()
+        process.close()
     try:
         result = pickle.loads(data) if data else None
     except Exception:

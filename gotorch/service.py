@@ -18,6 +18,7 @@ import collections
 import contextlib
 import gc
 import os
+import pickle
 import signal
 import socket
 import sys
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gotorch import accounts, control
+from gotorch import accounts, control, reload_process
 from gotorch import log as logmod
 from gotorch.alerts import Alerts
 from gotorch.commands import Commands
@@ -56,7 +57,8 @@ from gotorch.hosts import IPAddress, host_addresses
 from gotorch.loader import Base, LoadFailed, load_in_child
 from gotorch.metrics import Metrics
 from gotorch.pauses import PauseStore
-from gotorch.plan import applicable
+from gotorch.plan import applicable, reload_plan
+from gotorch.reload_process import ReloadProcess
 from gotorch.retries import Retries
 from gotorch.runner import set_child_subreaper
 from gotorch.scheduler import Scheduler
@@ -120,6 +122,9 @@ class Service:
         self._retry_handle: asyncio.TimerHandle | None = None
         self._retry_delay = 0.0
         self._half_applied = False
+        self._config_blob = b""  # the pickle of self.config, for the next reload's Base (see _reload)
+        self._spare: ReloadProcess | None = None  # a reload process started ahead of time
+        self._spare_task: asyncio.Task[None] | None = None
         self._retry_at = 0.0
         self.history_settings = history  # None: --no-history
         self.history: HistoryWriter | None = None
@@ -188,11 +193,14 @@ class Service:
             for name in skipped:
                 self.bus.publish(TaskNotHere(name))
             sched.apply(here, at_start=True)
+            # What the first reload is told runs (see _reload): pickled once, before any fire.
+            self._config_blob = pickle.dumps(self.config, protocol=pickle.HIGHEST_PROTOCOL)
             # Everything loaded so far lives as long as the config: keep the cyclic GC from rescanning
             # it; a full collection over 10,000 tasks would stall a firing second by tens of ms.
             gc.collect()
             gc.freeze()
             sched.arm()
+            self._prepare_spare()
             if self.on_ready is not None:
                 self.on_ready()
             self.notify(f"READY=1\nSTATUS={self._status_line()}\nMAINPID={os.getpid()}")
@@ -251,6 +259,9 @@ class Service:
             self._retry_handle = None
         if self._reload_task is not None:
             self._reload_task.cancel()
+        if self._spare is not None:
+            self._spare.kill()
+            self._spare = None
 
     def _control_refused(self, peer: control.Peer) -> None:
         self.bus.publish(ControlRefused(peer.pid, peer.uid, peer.gid))
@@ -333,12 +344,14 @@ class Service:
                 # meanwhile): never right before a boundary's fires.
                 await self.scheduler.after_next_tick()
             sched = self.scheduler
-            running = sched.states
+            # The answer is the difference from what runs: that is the last config applied, unless
+            # an apply broke off half way (then the whole config comes back and is diffed here).
+            base = Base(self._config_blob, self.addresses) if not self._half_applied and self._config_blob else None
+            spare, self._spare = self._spare, None
             # Only an edit seen by the watcher may be caught half-written; SIGUSR2 or `torch reload`
             # is someone saying the file is ready.
-            outcome = await load_in_child(self.config_path, self.host_ips, Base(
-                self.config, lambda: {n: (st.task, st.matched_ip) for n, st in running.items()}),
-                settle=trigger == "file")
+            outcome = await load_in_child(self.config_path, self.host_ips, base, settle=trigger == "file",
+                                          process=spare)
             if isinstance(outcome, LoadFailed):
                 self._reload_failed(trigger, outcome.errors, transient=outcome.transient)
                 return
@@ -355,6 +368,9 @@ class Service:
             # unpickled (a slice at a time, each early in a second) and only the plan's names are
             # touched, so a reload that changes one task of 10,000 costs the loop a few ms.
             config, part, hints = await outcome.unpack(self.config, sched.quiet_moment)
+            plan = outcome.plan
+            if base is None:  # the plan is against nothing: work it out against what runs
+                plan = reload_plan({n: (st.task, st.matched_ip) for n, st in sched.states.items()}, part)
             applying = time.monotonic()
             if sched.stopping:
                 return
@@ -363,7 +379,7 @@ class Service:
             # old file's bytes must be applied again, not taken as "unchanged".
             self._half_applied = True
             try:
-                plan = await sched.apply_plan(outcome.plan, part, hints)
+                plan = await sched.apply_plan(plan, part, hints)
             except Exception as exc:  # a bug, not a bad file: say so loudly, keep the daemon up
                 self._reload_crashed(trigger, exc)
                 return
@@ -375,6 +391,7 @@ class Service:
                                                       [str(a) for a in outcome.addresses]))
                 self.addresses = outcome.addresses
             self.config = config
+            self._config_blob = outcome.blob
             big = len(outcome.fresh) > 1
             del outcome, hints, part
             # Freeze what lives on, so later collections do not rescan the config. The old config
@@ -405,6 +422,20 @@ class Service:
                 if self._reload_again:
                     self._reload_again = False
                     self.request_reload(trigger)
+                else:
+                    self._prepare_spare()
+
+    def _prepare_spare(self) -> None:
+        """Start the next reload's process ahead of time, at a quiet moment (its imports take ~0.2 s)."""
+        async def spawn_when_quiet() -> None:
+            assert self.scheduler is not None
+            await self.scheduler.quiet_moment()
+            if self._spare is None and not self.scheduler.stopping and not self._reloading:
+                with contextlib.suppress(OSError):  # the reload starts one itself then, and reports
+                    self._spare = reload_process.spawn()
+
+        assert self.loop is not None
+        self._spare_task = self.loop.create_task(spawn_when_quiet())
 
     def _reload_failed(self, trigger: str, errors: list[ConfigError], *, transient: bool) -> None:
         """Keep the old config; retry a transient failure later, with backoff (1 s doubling to 60 s)."""

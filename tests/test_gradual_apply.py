@@ -139,7 +139,7 @@ def test_reload_that_failed_half_way_is_not_taken_as_unchanged(tmp_path: Path, m
     old, new = config("old", "d-old"), config("new", "d-new")
     configs = [new, old]
 
-    async def fake_load(path: Path, host_ips: str | None, base: Base, settle: bool) -> object:
+    async def fake_load(path: Path, host_ips: str | None, base: Base | None, **_: object) -> object:
         return _pack(configs.pop(0), [], base, 0)
 
     monkeypatch.setattr(service_module, "load_in_child", fake_load)

@@ -230,3 +230,53 @@ def test_settle_rereads_a_file_that_changed_meanwhile_and_gives_up_eventually(tm
 
     with pytest.raises(Unsettled, match="still being written after 3 s"):
         read_settled(str(f), os.geteuid(), now=clock.time, sleep=clock.sleep, max_wait=3)
+
+
+def _children(pid: int) -> dict[int, str]:
+    """The live children of `pid` and their command lines (zombies are gone for our purpose)."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out[int(entry.name)] = cmdline
+    return out
+
+
+def test_reload_runs_in_a_fresh_low_priority_process_never_a_fork_of_the_daemon(torch_daemon: Torch) -> None:
+    # A fork shares the daemon's memory copy-on-write: while it parsed, the daemon's fires paid for
+    # copying every page they touched. The reload's process is a new interpreter, started ahead of
+    # time at nice 10, and stopped with the daemon.
+    out = torch_daemon.tmp / "out"
+    torch_daemon.write(SENTINEL.format(out=out))
+    assert torch_daemon.start_bg().returncode == 0
+    daemon = torch_daemon.bg_pid
+    assert daemon is not None
+    wait_until(out.exists, 10, what="first fire")
+
+    def spare() -> list[int]:
+        return [p for p, cmd in _children(daemon).items() if "gotorch.reload_process" in cmd]
+
+    (waiting,) = wait_until(spare, 10, what="a reload process started ahead of time")
+    assert os.getpriority(os.PRIO_PROCESS, waiting) == 10
+    # Millions of tiny values: a parse of seconds, long enough to look at who does it.
+    heavy = "version: 1\ntasks: []\njunk: [" + "a," * 3_000_000 + "a]\n"
+    _replace(torch_daemon.config, lambda p: p.write_text(heavy))
+    seen: set[str] = set()
+    deadline = time.monotonic() + 60
+    while not torch_daemon.find("reload.failed"):  # what the daemon runs while the file is parsed
+        assert time.monotonic() < deadline, "the heavy file was never refused"
+        seen.update(_children(daemon).values())
+        time.sleep(0.05)
+    assert any("gotorch.reload_process" in cmd for cmd in seen), seen
+    forks = [cmd for cmd in seen if " start " in f" {cmd} "]
+    assert forks == [], forks
+    (next_one,) = wait_until(spare, 10, what="the next reload process, started ahead of time")
+    assert torch_daemon.run("stop").returncode == 0
+    wait_until(lambda: next_one not in _children(daemon), 10, what="the reload process to be stopped")

@@ -1,0 +1,148 @@
+"""The process that reads and checks the task file for a reload: a fresh interpreter, never a fork.
+
+A forked child shares the daemon's memory copy-on-write: until it exits, every page the daemon
+writes is first copied, and in a virtual machine that costs ~10 us a page. A parse of 10,000 tasks
+lives ~0.5 s, long enough to span a boundary, whose fires then paid 10-20 ms of copying. This
+process is started with posix_spawn (vfork: nothing is copied) and is started ahead of time, when
+nothing is due, so its imports are done by the time a reload needs it: `spawn()` returns a
+`ReloadProcess` waiting on its stdin for one request, it answers on its stdout and exits.
+
+Request: a pickle of (path, host_ips, settle, base) read to EOF; answer: a pickle of the `Loaded`
+or `LoadFailed` of `gotorch.loader`. The child lowers its priority and caps its address space, so a
+hostile file costs it, not the daemon.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import resource
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import gotorch
+
+# The reload process's niceness; it also runs as SCHED_BATCH (a CPU-bound job: no wake-up preemption).
+NICE = 10
+# The child may use this much more address space than it has once its imports are done.
+CHILD_EXTRA_MEMORY = 1 << 30
+# Signals the daemon handles or ignores: the child starts with their default actions.
+_DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR2, signal.SIGCHLD)
+
+
+@dataclass
+class ReloadProcess:
+    """A started reload process: its pid and pidfd (None on kernels without), request and answer pipes."""
+
+    pid: int
+    pidfd: int | None
+    request_fd: int  # ours to write the request to (non-blocking), then close
+    answer_fd: int  # ours to read the answer from (non-blocking)
+
+    def exited(self) -> bool:
+        """Whether the process has already ended (a spare that died while it waited)."""
+        if self.pidfd is None:
+            return False
+        import select
+
+        return bool(select.select([self.pidfd], [], [], 0)[0])
+
+    def kill(self) -> None:
+        """SIGKILL it (through its pidfd: never a reused pid) and close our ends; reaping is the daemon's."""
+        with contextlib.suppress(ProcessLookupError, OSError):
+            if self.pidfd is not None:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            else:  # no pidfd (kernel < 5.3): the pid may in theory be reused; accepted on such kernels
+                os.kill(self.pid, signal.SIGKILL)
+        self.close()
+
+    def close(self) -> None:
+        """Close our descriptors (idempotent)."""
+        for name in ("request_fd", "answer_fd", "pidfd"):
+            fd = getattr(self, name)
+            if fd is not None and fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                setattr(self, name, -1 if name != "pidfd" else None)
+
+
+def _argv() -> list[str]:
+    # -P: `-m` would otherwise put the working directory first on sys.path (see web.supervisor).
+    return [sys.executable, "-P", "-m", "gotorch.reload_process"]
+
+
+def _env() -> dict[str, str]:
+    # Not the TORCH_* settings: the request carries what the child needs, and a TORCH_STATE_DIR
+    # would make this helper look like one of the runs (which are found by their environment).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCH_")}
+    # The daemon's working directory is `/`: a torch run from a source tree must still find its package.
+    root = str(Path(gotorch.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def spawn() -> ReloadProcess:
+    """Start a reload process that waits for its request. OSError if it cannot be started."""
+    if not sys.executable:
+        raise OSError("no Python interpreter path (sys.executable is empty)")
+    req_r, req_w = os.pipe2(os.O_CLOEXEC)
+    ans_r, ans_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        pid = os.posix_spawn(sys.executable, _argv(), _env(), file_actions=[
+            (os.POSIX_SPAWN_DUP2, req_r, 0),
+            (os.POSIX_SPAWN_DUP2, ans_w, 1),
+            (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
+        ], setsid=True, setsigdef=_DEFAULT_SIGNALS)
+    except BaseException:
+        for fd in (req_w, ans_r):
+            os.close(fd)
+        raise
+    finally:
+        os.close(req_r)
+        os.close(ans_w)
+    # At once, not from the child: its start-up (imports, ~0.2 s of CPU) must already yield to the
+    # daemon, whose fires on a busy 2-core host were 5-10 ms late behind it.
+    with contextlib.suppress(OSError):
+        os.sched_setscheduler(pid, os.SCHED_BATCH, os.sched_param(0))  # posix_spawn refuses SCHED_BATCH
+        os.setpriority(os.PRIO_PROCESS, pid, NICE)
+    pidfd: int | None = None
+    with contextlib.suppress(OSError, AttributeError):
+        pidfd = os.pidfd_open(pid)
+    os.set_blocking(req_w, False)
+    os.set_blocking(ans_r, False)
+    return ReloadProcess(pid, pidfd, req_w, ans_r)
+
+
+def _vm_size() -> int:
+    with open("/proc/self/statm", "rb") as f:
+        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def main() -> None:
+    """The child: read one request from stdin, answer on stdout, exit (70 if it could not answer)."""
+    code = 0
+    try:
+        from gotorch.loader import _load_here  # the imports a reload needs, done before the request comes
+
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, NICE)  # a parse must not compete with the daemon and the runs
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_AS, (_vm_size() + CHILD_EXTRA_MEMORY, resource.RLIM_INFINITY))
+        with os.fdopen(0, "rb") as requests:
+            path, host_ips, settle, base = pickle.loads(requests.read())
+        out = pickle.dumps(_load_here(Path(path), host_ips, os.geteuid(), base, settle),
+                           protocol=pickle.HIGHEST_PROTOCOL)
+        view = memoryview(out)
+        while view:
+            view = view[os.write(1, view):]
+    except BaseException:
+        code = 70  # the daemon reports "the reload process died"; nothing else can be said from here
+    finally:
+        os._exit(code)
+
+
+if __name__ == "__main__":
+    main()
