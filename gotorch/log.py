@@ -128,18 +128,27 @@ class SafeFile:
         except OSError:
             moved = True
         if moved and time.monotonic() >= self._retry_at:
-            self.reopen()
+            self._reopen()  # the caller holds _lock
         self._write(line)
 
     def _write(self, line: str) -> None:
         data = line.encode("utf-8", "backslashreplace")
-        with contextlib.suppress(OSError):  # a full disk loses lines, never the daemon
-            while data:
-                n = os.write(self._fd, data)  # O_APPEND: one write per line lands whole
-                data = data[n:]
+        written = 0
+        try:
+            while written < len(data):
+                written += os.write(self._fd, data[written:])  # O_APPEND: one write per line lands whole
+        except OSError:  # a full disk loses lines, never the daemon
+            if 0 < written < len(data):
+                # End the torn line, so that the next one is still a line of its own.
+                with contextlib.suppress(OSError):
+                    os.write(self._fd, b"\n")
 
     def reopen(self) -> None:
         """Switch to a freshly opened file at our path; on failure keep the old one and retry later."""
+        with _lock:
+            self._reopen()
+
+    def _reopen(self) -> None:
         try:
             new = self._open()
         except (OSError, Untrusted) as exc:
@@ -161,18 +170,19 @@ class SafeFile:
             os.close(self._fd)
 
 
-# The second's text is worked out once per second, not once per line.
-_stamp_second = -1
-_stamp_prefix = ""
+# The second's text is worked out once per second, not once per line; one tuple, so that a thread
+# never pairs one second with another's text.
+_stamp: tuple[int, str] = (-1, "")
 
 
 def _timestamp(now: float) -> str:
-    global _stamp_second, _stamp_prefix
+    global _stamp
     second = int(now)
-    if second != _stamp_second:
-        _stamp_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        _stamp_second = second
-    return f"{_stamp_prefix}.{int((now - second) * 1e6):06d}Z"
+    cached, prefix = _stamp
+    if second != cached:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _stamp = (second, prefix)
+    return f"{prefix}.{int((now - second) * 1e6):06d}Z"
 
 
 def log_event(event: Event) -> None:

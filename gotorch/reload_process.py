@@ -7,7 +7,7 @@ process is started with posix_spawn (vfork: nothing is copied) and is started ah
 nothing is due, so its imports are done by the time a reload needs it: `spawn()` returns a
 `ReloadProcess` waiting on its stdin for one request, it answers on its stdout and exits.
 
-Request: a pickle of (path, host_ips, settle, base) read to EOF; answer: a pickle of the `Loaded`
+Request: a pickle of (code fingerprint, path, host_ips, settle, base) read to EOF; answer: a pickle of the `Loaded`
 or `LoadFailed` of `gotorch.loader`. The child lowers its priority and caps its address space, so a
 hostile file costs it, not the daemon.
 """
@@ -15,9 +15,13 @@ hostile file costs it, not the daemon.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import functools
+import hashlib
 import os
 import pickle
 import resource
+import select
 import signal
 import sys
 from dataclasses import dataclass
@@ -44,11 +48,11 @@ class ReloadProcess:
 
     def exited(self) -> bool:
         """Whether the process has already ended (a spare that died while it waited)."""
-        if self.pidfd is None:
+        if self.pidfd is None or self.pidfd < 0:
             return False
-        import select
-
-        return bool(select.select([self.pidfd], [], [], 0)[0])
+        poller = select.poll()  # not select(): a pidfd may be numbered beyond 1023
+        poller.register(self.pidfd, select.POLLIN)
+        return bool(poller.poll(0))
 
     def kill(self) -> None:
         """SIGKILL it (through its pidfd: never a reused pid) and close our ends; reaping is the daemon's."""
@@ -69,27 +73,62 @@ class ReloadProcess:
                 setattr(self, name, -1 if name != "pidfd" else None)
 
 
+# Where the gotorch package is imported from: the child imports the very same files.
+_ROOT = str(Path(gotorch.__file__).resolve().parent.parent)
+
+
 def _argv() -> list[str]:
-    # -P: `-m` would otherwise put the working directory first on sys.path (see web.supervisor).
-    return [sys.executable, "-P", "-m", "gotorch.reload_process"]
+    # -I: no PYTHON* variables, no user site-packages, no working directory on sys.path: this
+    # process runs as root and must import only the interpreter's own packages and torch's. The
+    # package's root goes last, so nothing there can shadow the standard library.
+    return [sys.executable, "-I", "-c",
+            f"import sys; sys.path.append({_ROOT!r}); from gotorch.reload_process import main; main()"]
 
 
 def _env() -> dict[str, str]:
-    # Not the TORCH_* settings: the request carries what the child needs, and a TORCH_STATE_DIR
-    # would make this helper look like one of the runs (which are found by their environment).
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCH_")}
-    # The daemon's working directory is `/`: a torch run from a source tree must still find its package.
-    root = str(Path(gotorch.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    return env
+    # Only what a parse can depend on (the zone, the locale, PATH for nothing in particular): not the
+    # TORCH_* settings (the request carries them; a TORCH_STATE_DIR would make this helper look
+    # like one of the runs, which are found by their environment), nor anything else of root's.
+    return {k: v for k, v in os.environ.items() if k in ("PATH", "TZ", "LANG", "LC_ALL", "LC_CTYPE")}
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """A digest of the gotorch package's source files, as this process loaded them (first call).
+
+    The daemon and a reload process started later could run different code after an upgrade on
+    disk; their pickles would not fit each other's classes. Each compares the other's fingerprint.
+    """
+    digest = hashlib.sha256()
+    for file in sorted(Path(gotorch.__file__).resolve().parent.rglob("*.py")):
+        digest.update(file.name.encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _high_pipe() -> tuple[int, int]:
+    """A close-on-exec pipe numbered 3 or above: dup2 onto 0 or 1 must never be onto itself.
+
+    With the daemon's stdin closed a pipe could get descriptor 0; dup2(0, 0) would keep it
+    close-on-exec, and the child would start without its request.
+    """
+    r, w = os.pipe2(os.O_CLOEXEC)
+    fds = []
+    for fd in (r, w):
+        if fd < 3:
+            high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+            os.close(fd)
+            fd = high
+        fds.append(fd)
+    return fds[0], fds[1]
 
 
 def spawn() -> ReloadProcess:
     """Start a reload process that waits for its request. OSError if it cannot be started."""
     if not sys.executable:
         raise OSError("no Python interpreter path (sys.executable is empty)")
-    req_r, req_w = os.pipe2(os.O_CLOEXEC)
-    ans_r, ans_w = os.pipe2(os.O_CLOEXEC)
+    req_r, req_w = _high_pipe()
+    ans_r, ans_w = _high_pipe()
     try:
         pid = os.posix_spawn(sys.executable, _argv(), _env(), file_actions=[
             (os.POSIX_SPAWN_DUP2, req_r, 0),
@@ -125,16 +164,25 @@ def main() -> None:
     """The child: read one request from stdin, answer on stdout, exit (70 if it could not answer)."""
     code = 0
     try:
-        from gotorch.loader import _load_here  # the imports a reload needs, done before the request comes
+        from gotorch.config_errors import ConfigError
+        from gotorch.loader import LoadFailed, _load_here  # the imports a reload needs, before the request
+
+        os.chdir("/")
+        code_fingerprint()  # now, before an upgrade on disk could change the files under us
 
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, 0, NICE)  # a parse must not compete with the daemon and the runs
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_AS, (_vm_size() + CHILD_EXTRA_MEMORY, resource.RLIM_INFINITY))
         with os.fdopen(0, "rb") as requests:
-            path, host_ips, settle, base = pickle.loads(requests.read())
-        out = pickle.dumps(_load_here(Path(path), host_ips, os.geteuid(), base, settle),
-                           protocol=pickle.HIGHEST_PROTOCOL)
+            fingerprint, path, host_ips, settle, base = pickle.loads(requests.read())
+        if fingerprint != code_fingerprint():
+            answer: object = LoadFailed([ConfigError(
+                path, 0, 0, "", "torch's files on disk are not the ones the daemon runs (upgraded?)",
+                "restart the daemon (systemctl restart torch) to run the new version")])
+        else:
+            answer = _load_here(Path(path), host_ips, os.geteuid(), base, settle)
+        out = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
         view = memoryview(out)
         while view:
             view = view[os.write(1, view):]

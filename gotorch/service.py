@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import gc
 import os
-import pickle
 import signal
 import socket
 import sys
@@ -54,7 +54,7 @@ from gotorch.history import DEFAULT_SETTINGS, HistorySettings
 from gotorch.history.recorder import Recorder
 from gotorch.history.writer import HistoryWriter
 from gotorch.hosts import IPAddress, host_addresses
-from gotorch.loader import Base, LoadFailed, load_in_child
+from gotorch.loader import Base, LoadFailed, load_in_child, pack_config
 from gotorch.metrics import Metrics
 from gotorch.pauses import PauseStore
 from gotorch.plan import applicable, reload_plan
@@ -70,8 +70,6 @@ from gotorch.web.supervisor import WebSupervisor
 # loader) after 1 s, doubling to at most a minute, until one succeeds or the file is invalid.
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 60.0
-# Fork the reload's child only before this fraction of a second has passed (see _reload).
-FORK_QUIET_AFTER = 0.85
 
 
 @dataclass
@@ -118,11 +116,14 @@ class Service:
         self.reloads = 0  # completed reload attempts, so `torch reload` can tell when its own one is done
         self._reloading = False
         self._reload_again = False
+        # Whether a queued (or retried) reload must wait for the file to settle: a watcher-seen edit
+        # may be half-written, and so may whatever a retry re-reads after it.
+        self._settle_again = False
         self._reload_task: asyncio.Task[None] | None = None
         self._retry_handle: asyncio.TimerHandle | None = None
         self._retry_delay = 0.0
         self._half_applied = False
-        self._config_blob = b""  # the pickle of self.config, for the next reload's Base (see _reload)
+        self._config_blob = b""  # pack_config(self.config), for the next reload's Base (see _reload)
         self._spare: ReloadProcess | None = None  # a reload process started ahead of time
         self._spare_task: asyncio.Task[None] | None = None
         self._retry_at = 0.0
@@ -193,11 +194,14 @@ class Service:
             for name in skipped:
                 self.bus.publish(TaskNotHere(name))
             sched.apply(here, at_start=True)
-            # What the first reload is told runs (see _reload): pickled once, before any fire.
-            self._config_blob = pickle.dumps(self.config, protocol=pickle.HIGHEST_PROTOCOL)
+            # What the first reload is told runs (see _reload): pickled once, before any fire. And
+            # the code this daemon runs, as it is now: a reload process compares its own with it.
+            self._config_blob = pack_config(self.config)
+            reload_process.code_fingerprint()
             # Everything loaded so far lives as long as the config: keep the cyclic GC from rescanning
             # it; a full collection over 10,000 tasks would stall a firing second by tens of ms.
             gc.collect()
+            release_free_memory()  # what the packing and 10,000 start-up log lines left behind
             gc.freeze()
             sched.arm()
             self._prepare_spare()
@@ -316,12 +320,19 @@ class Service:
 
     # -- reload ------------------------------------------------------------------------------------
 
-    def request_reload(self, trigger: str) -> None:
-        """Ask for a reload (from a signal, the file watcher or the control socket). Coalesces bursts."""
+    def request_reload(self, trigger: str, *, settle: bool | None = None) -> None:
+        """Ask for a reload (from a signal, the file watcher or the control socket). Coalesces bursts.
+
+        `settle`: wait for a recently modified file to stop changing (default: for the watcher's
+        reloads only; SIGUSR2 or `torch reload` means the file is ready).
+        """
+        if settle is None:
+            settle = trigger == "file"
         if self.scheduler is None or self.scheduler.stopping:
             return
         if self._reloading:
             self._reload_again = True
+            self._settle_again = self._settle_again or settle
             return
         self._reloading = True
         if self._retry_handle is not None:  # this reload is the retry, or makes it pointless
@@ -331,29 +342,22 @@ class Service:
         # MONOTONIC_USEC lets systemd >= 253 match this RELOADING=1 with the reload it asked for.
         self.notify(f"RELOADING=1\nSTATUS=reloading ({trigger}), {self._status_line()}\n"
                     f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
-        self._reload_task = self.loop.create_task(self._reload(trigger))
+        self._reload_task = self.loop.create_task(self._reload(trigger, settle))
 
-    async def _reload(self, trigger: str) -> None:
+    async def _reload(self, trigger: str, settle: bool) -> None:
         assert self.loop is not None and self.scheduler is not None
         t0 = time.monotonic()
         try:
             # Read, settle and parse in a child process: the loop never waits for the file or the
             # parse, and stop never waits for a reload (the child is killed with the other children).
-            if time.time() % 1.0 > FORK_QUIET_AFTER:
-                # Forking copies the daemon's page tables (2-7 ms at 100 MB, the loop blocked
-                # meanwhile): never right before a boundary's fires.
-                await self.scheduler.after_next_tick()
             sched = self.scheduler
             # The answer is the difference from what runs: that is the last config applied, unless
             # an apply broke off half way (then the whole config comes back and is diffed here).
             base = Base(self._config_blob, self.addresses) if not self._half_applied and self._config_blob else None
             spare, self._spare = self._spare, None
-            # Only an edit seen by the watcher may be caught half-written; SIGUSR2 or `torch reload`
-            # is someone saying the file is ready.
-            outcome = await load_in_child(self.config_path, self.host_ips, base, settle=trigger == "file",
-                                          process=spare)
+            outcome = await load_in_child(self.config_path, self.host_ips, base, settle=settle, process=spare)
             if isinstance(outcome, LoadFailed):
-                self._reload_failed(trigger, outcome.errors, transient=outcome.transient)
+                self._reload_failed(trigger, outcome.errors, transient=outcome.transient, settle=settle)
                 return
             self._retry_delay = 0.0
             if sched.stopping:
@@ -385,13 +389,13 @@ class Service:
                 return
             if sched.stopping:
                 return
-            self._half_applied = False
             if outcome.addresses != self.addresses:
                 self.bus.publish(HostAddressesChanged([str(a) for a in self.addresses],
                                                       [str(a) for a in outcome.addresses]))
                 self.addresses = outcome.addresses
             self.config = config
             self._config_blob = outcome.blob
+            self._half_applied = False  # last: until here the next reload must not diff against the blob
             big = len(outcome.fresh) > 1
             del outcome, hints, part
             # Freeze what lives on, so later collections do not rescan the config. The old config
@@ -420,8 +424,8 @@ class Service:
             if not self.scheduler.stopping:  # after STOPPING=1, systemd must not hear READY=1 again
                 self.notify(f"READY=1\nSTATUS={self._status_line()}")
                 if self._reload_again:
-                    self._reload_again = False
-                    self.request_reload(trigger)
+                    settle_again, self._reload_again, self._settle_again = self._settle_again, False, False
+                    self.request_reload(trigger, settle=settle_again)
                 else:
                     self._prepare_spare()
 
@@ -437,7 +441,7 @@ class Service:
         assert self.loop is not None
         self._spare_task = self.loop.create_task(spawn_when_quiet())
 
-    def _reload_failed(self, trigger: str, errors: list[ConfigError], *, transient: bool) -> None:
+    def _reload_failed(self, trigger: str, errors: list[ConfigError], *, transient: bool, settle: bool = False) -> None:
         """Keep the old config; retry a transient failure later, with backoff (1 s doubling to 60 s)."""
         self.last_reload = ReloadResult(False, time.time(), trigger, [e.as_dict() for e in errors])
         retry_in: float | None = None
@@ -445,7 +449,8 @@ class Service:
             self._retry_delay = min(RETRY_MAX_S, self._retry_delay * 2) if self._retry_delay else RETRY_FIRST_S
             retry_in = self._retry_delay
             assert self.loop is not None
-            self._retry_handle = self.loop.call_later(retry_in, self.request_reload, "retry")
+            self._retry_handle = self.loop.call_later(retry_in, functools.partial(self.request_reload, "retry",
+                                                                                   settle=settle))
             self._retry_at = time.time() + retry_in
         else:
             self._retry_delay = 0.0

@@ -164,11 +164,11 @@ def test_reload_that_failed_half_way_is_not_taken_as_unchanged(tmp_path: Path, m
             real_part(*args)
 
         monkeypatch.setattr(sched, "_apply_part", second_slice_fails)
-        await s._reload("file")
+        await s._reload("file", True)
         assert s.last_reload is not None and not s.last_reload.ok
         assert {st.task.command for st in sched.states.values()} == {"old", "new"}  # half applied
         monkeypatch.setattr(sched, "_apply_part", real_part)
-        await s._reload("file")  # the file reverted to the old bytes: applied again, not "unchanged"
+        await s._reload("file", True)  # the file reverted to the old bytes: applied again, not "unchanged"
         assert {st.task.command for st in sched.states.values()} == {"old"}
         assert s.last_reload is not None and s.last_reload.ok and s.generation.number == 2
 
