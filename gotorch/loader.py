@@ -229,7 +229,7 @@ def _load_here(path: Path, host_ips: str | None, euid: int, base: Base | None, s
     def failed(problem: str, hint: str = "", *, transient: bool) -> LoadFailed:
         return LoadFailed([ConfigError(file, 0, 0, "", problem, hint)], transient)
 
-    accounts.clear()  # forked with the daemon's account cache: a reload must see `useradd`s since
+    accounts.clear()  # a cache inherited or kept from before would miss `useradd`s since
     try:
         got = read_settled(file, euid, settle=SETTLE_S if settle else 0.0)
         config = _validate(got, path, local_timezone().key, euid)
