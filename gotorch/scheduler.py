@@ -49,7 +49,7 @@ EARLY_WAKE = 0.002
 # A reload is applied in slices of this many names, each only before this fraction of a second.
 APPLY_SLICE = 2000
 QUIET_UNTIL = 0.8
-# Reloads of up to this many tasks are applied in one piece, between two boundaries (see apply_gradually).
+# Reloads of up to this many tasks are applied in one piece, between two boundaries (see apply_plan).
 APPLY_ATOMIC = 10_000
 # A plan of up to this many names is applied at the next quiet moment (any time early in a second):
 # a few ms. A bigger one waits for a tick, to have nearly a whole second for itself.
@@ -113,15 +113,6 @@ class Scheduler:
                     except Exception as exc:  # one task's failure must not keep the others from starting
                         self.bus.publish(FireFailed(task.name, _iso(now), exc))
         return plan
-
-    async def apply_gradually(self, tasks: dict[str, tuple[Task, str | None]], hints: FireHints | None = None,
-                              *, slice_size: int = APPLY_SLICE, atomic_up_to: int = APPLY_ATOMIC) -> Plan:
-        """`apply` for a reload of the whole task set `tasks`, without ever holding the loop across a boundary.
-
-        See `apply_plan`, which this calls with the diff between the running tasks and `tasks`.
-        """
-        plan = diff({n: s.task for n, s in self.states.items()}, {n: t for n, (t, _) in tasks.items()})
-        return await self.apply_plan(plan, tasks, hints, slice_size=slice_size, atomic_up_to=atomic_up_to)
 
     async def apply_plan(self, plan: Plan, tasks: Mapping[str, tuple[Task, str | None]],
                          hints: FireHints | None = None, *, slice_size: int = APPLY_SLICE,

@@ -1,4 +1,4 @@
-"""Scheduler.apply_gradually: a big reload applied in slices between fires, with a fake clock."""
+"""Scheduler.apply_plan: a big reload applied in slices between fires, with a fake clock."""
 
 from __future__ import annotations
 
@@ -12,9 +12,16 @@ import pytest
 
 import gotorch.scheduler as scheduler_module
 from gotorch.config import Task, parse_config
+from gotorch.plan import Plan, diff
 from gotorch.scheduler import Scheduler
 
 T0 = 1_800_000_000
+
+
+async def apply_whole(s: Scheduler, new: dict[str, tuple[Task, str | None]], **kw: Any) -> Plan:
+    """Reload the whole task set `new`: its diff against what `s` runs, applied with apply_plan."""
+    return await s.apply_plan(diff({n: st.task for n, st in s.states.items()}, {n: t for n, (t, _) in new.items()}),
+                              new, **kw)
 
 
 def tasks(text: str) -> dict[str, tuple[Task, str | None]]:
@@ -39,7 +46,7 @@ def test_gradual_apply_in_slices_matches_one_piece_apply(tmp_path: Path) -> None
         for s in (whole, sliced):
             s.apply(before)
         expected = whole.apply(after)
-        got = await sliced.apply_gradually(after, slice_size=3, atomic_up_to=0)
+        got = await apply_whole(sliced, after, slice_size=3, atomic_up_to=0)
         assert got == expected
         assert (got.added, got.removed, got.changed) == (tuple(f"n{i}" for i in range(5)),
                                                            ("t7", "t8", "t9"), ("t4", "t5", "t6"))
@@ -89,7 +96,7 @@ def test_task_renamed_in_a_sliced_reload_never_runs_under_both_names(tmp_path: P
     before = tasks('  - {name: a_old, schedule: "* * * * * *", command: backup}\n' + filler)
     after = tasks('  - {name: b_new, schedule: "* * * * * *", command: backup}\n' + filler)
     fires = _drive(tmp_path, fake_clock, before, after,
-                   lambda s: s.apply_gradually(after, slice_size=2, atomic_up_to=0))
+                   lambda s: apply_whole(s, after, slice_size=2, atomic_up_to=0))
     assert fires and all(len(names) == 1 for names in fires.values()), fires
     assert fires[max(fires)] == ["b_new"]
 
@@ -114,7 +121,7 @@ def test_reload_is_applied_in_one_piece_a_big_one_right_after_a_tick(
             await inner(**kw)
 
         s.quiet_moment = counting  # type: ignore[method-assign]
-        plan = await s.apply_gradually(after, slice_size=1)
+        plan = await apply_whole(s, after, slice_size=1)
         assert plan.changed == ("a", "y1", "y2", "y3")
 
     fires = _drive(tmp_path, fake_clock, before, after, apply)

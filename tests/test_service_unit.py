@@ -11,6 +11,7 @@ import pytest
 from gotorch.config import parse_config
 from gotorch.loader import account_problems
 from gotorch.plan import applicable
+from tests.test_gradual_apply import apply_whole
 
 TEXT = """\
 version: 1
@@ -96,14 +97,14 @@ def test_a_reload_changing_only_history_keep_leaves_daemon_copies_running(tmp_pa
         sched = Scheduler(asyncio.get_running_loop(), state_dir=Path(str(tmp_path)))
         sched.apply(first, at_start=True)  # type: ignore[arg-type]
         seen["start"] = set(sched.runner.runs)
-        plan = await sched.apply_gradually(kept)  # type: ignore[arg-type]
+        plan = await apply_whole(sched, kept)  # type: ignore[arg-type]
         assert plan.changed == ("d",)  # still reported as a change of the task
         assert sched.states["d"].task.history_keep == 5
         for _ in range(20):  # long enough for a TERMed `sleep` to be reaped, had it been retired
             await asyncio.sleep(0.05)
             sched.runner.reap()
         seen["keep"] = set(sched.runner.runs)
-        await sched.apply_gradually(other)  # type: ignore[arg-type]
+        await apply_whole(sched, other)  # type: ignore[arg-type]
         for _ in range(100):  # the old copy is retired, its successor starts when it has gone
             await asyncio.sleep(0.05)
             sched.runner.reap()  # no SIGCHLD handler here (the service installs it)
