@@ -123,6 +123,58 @@ class RunEnded(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class RunTracked(Event):
+    """What names a run's process for the life of the host (pid and start time), recorded for a crash.
+
+    Published shortly after the spawn for runs still going, so that a daemon started after this one
+    died (kill -9) can tell its runs that survived from a new process that got a reused pid.
+    """
+
+    name: ClassVar[str] = "run.tracked"
+    level: ClassVar[Level] = "debug"
+    task: str
+    run_id: str
+    pid: int
+    pgid: int
+    proc_start: int  # /proc/PID/stat start time, clock ticks after boot
+
+
+@dataclass(frozen=True, slots=True)
+class RunAdopted(Event):
+    """A run a previous daemon started was found alive at start-up: this daemon supervises it now.
+
+    Its end is recorded like any run's, but its exit status cannot be known (it is not our child):
+    unless torch stopped it, it ends `lost`. `output` says whether its output pipes could be reattached.
+    """
+
+    name: ClassVar[str] = "run.adopted"
+    level: ClassVar[Level] = "warning"
+    task: str
+    run_id: str
+    pid: int
+    started_at: str
+    scheduled_at: str | None
+    trigger: str
+    attempt: int
+    output: bool
+    recorded: bool  # found in the history database (else only by its TORCH_RUN_KEY in /proc)
+    started_ts: float = 0.0
+    scheduled_ts: float | None = None
+    proc_start: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RunLost(Event):
+    """At start-up: a run a previous daemon left running is gone; its outcome is unknown (`lost`)."""
+
+    name: ClassVar[str] = "run.lost"
+    level: ClassVar[Level] = "warning"
+    task: str
+    run_id: str
+    pid: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class RunTimedOut(Event):
     """A run outlived its timeout; it is being stopped."""
 

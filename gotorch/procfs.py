@@ -10,9 +10,13 @@ scans on its kill paths, never on spawn).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 from collections.abc import Iterable
 from typing import NamedTuple
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # the unit of /proc/PID/stat's start time
 
 
 class Stat(NamedTuple):
@@ -21,6 +25,8 @@ class Stat(NamedTuple):
     state: str  # R, S, D, Z, T, ... (see proc(5)); "Z" is a zombie
     ppid: int
     pgrp: int
+    session: int = 0
+    start: int = 0  # clock ticks after boot: with the pid, names one process for the life of the host
 
 
 def pids() -> list[int]:
@@ -41,8 +47,46 @@ def stat(pid: int) -> Stat | None:
     # The command name may contain spaces and parentheses; the fields start after the last ')'.
     fields = data[data.rfind(b")") + 2:].split()
     try:
-        return Stat(fields[0].decode(), int(fields[1]), int(fields[2]))
+        return Stat(fields[0].decode(), int(fields[1]), int(fields[2]), int(fields[3]), int(fields[19]))
     except (IndexError, ValueError):
+        return None
+
+
+def boot_time() -> float | None:
+    """When this host booted (Unix seconds), as /proc/PID/stat's start times count from it; None if unknown."""
+    # CLOCK_BOOTTIME is the clock those start times are measured on, to the tick; /proc/stat's btime
+    # is whole seconds only.
+    with contextlib.suppress(AttributeError, OSError):
+        return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+    try:
+        with open("/proc/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"btime "):
+                    return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def start_epoch(start_ticks: int, booted: float) -> float:
+    """A process's start time as Unix seconds, from /proc/PID/stat's start field and the boot time."""
+    return booted + start_ticks / CLOCK_TICKS
+
+
+def environ(pid: int) -> bytes | None:
+    """The raw environment `pid` was exec'd with (NUL-separated), or None if gone or unreadable."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def owner(pid: int) -> int | None:
+    """The uid owning /proc/PID (the process's effective uid, unless it is not dumpable), or None."""
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
         return None
 
 

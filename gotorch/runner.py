@@ -38,6 +38,7 @@ import functools
 import os
 import pwd
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -53,12 +54,14 @@ from gotorch.events import (
     OnEndFailed,
     OrphanReaped,
     OrphansSignalled,
+    RunAdopted,
     RunEnded,
     RunOutput,
     RunSetupFailed,
     RunSignalled,
     RunStarted,
     RunTimedOut,
+    RunTracked,
 )
 from gotorch.log import logging_bus
 
@@ -96,6 +99,10 @@ RUN_ID_VAR = "TORCH_RUN_ID"
 # the hook with it).
 RUN_KEY_VAR = "TORCH_RUN_KEY"
 PR_SET_CHILD_SUBREAPER = 36
+# An adopted run (see Runner.adopt) on a kernel without pidfd_open (< 5.3): how often we look for its end.
+ADOPTED_POLL_S = 1.0
+LOST_ADOPTED = ("adopted from a previous daemon: it ended, but its exit status cannot be known "
+                "(it was not this daemon's child)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +130,7 @@ class RunSpec:
     report_env: tuple[tuple[str, str], ...] = ()
 
 
-RunStatus = Literal["ok", "failed", "timeout", "killed"]
+RunStatus = Literal["ok", "failed", "timeout", "killed", "lost"]
 
 
 # How a run ended is the RunEnded event itself: `on_end` gets exactly what the bus's subscribers got.
@@ -295,9 +302,9 @@ class Run:
     """
 
     __slots__ = (
-        "_exit_mono", "_grace_handle", "_start_mono", "_streams", "_timeout_handle", "cause", "cpu_s",
-        "dropped_bytes", "ended", "exit_status", "exited", "max_rss_kb", "output_bytes", "pid", "popen",
-        "reason", "scheduled_at", "spec", "started_at",
+        "_exit_mono", "_exit_watch", "_grace_handle", "_start_mono", "_streams", "_timeout_handle", "adopted",
+        "cause", "cpu_s", "dropped_bytes", "ended", "exit_status", "exited", "max_rss_kb", "output_bytes", "pid",
+        "popen", "proc_start", "reason", "scheduled_at", "spec", "started_at",
     )
 
     def __init__(self, spec: RunSpec, popen: subprocess.Popen[bytes] | None, pid: int,
@@ -322,6 +329,11 @@ class Run:
         self._streams: list[_Stream] = []
         self._timeout_handle: asyncio.TimerHandle | None = None
         self._grace_handle: asyncio.TimerHandle | None = None
+        # A run a previous daemon started (Runner.adopt): not our child, so its end is seen through
+        # a pidfd (or a poll), never through wait(); `proc_start` tells its pid from a reused one.
+        self.adopted = False
+        self.proc_start: int | None = None
+        self._exit_watch: int | asyncio.TimerHandle | None = None  # the pidfd, or the poll's timer
 
     @property
     def remaining(self) -> int:
@@ -466,6 +478,15 @@ class Runner:
                     self._watch(run, stream)
             except Exception as exc:
                 self._setup_failed(run, exc)
+                continue
+            if not run.exited:
+                # Unreaped, so the pid is still this run's: its start time names it for a daemon
+                # that may have to adopt it after a crash. Not on the spawn path: a run this
+                # short-lived would be over before anyone could adopt it anyway.
+                st = procfs.stat(run.pid)
+                if st is not None:
+                    run.proc_start = st.start
+                    self._bus.publish(RunTracked(run.spec.task, run.spec.run_id, run.pid, st.pgrp, st.start))
 
     def _watch(self, run: Run, stream: _Stream) -> None:
         if stream.open and not stream.watched:
@@ -479,6 +500,68 @@ class Runner:
                           spec.trigger, spec.attempt, spec.scheduled_ts)
         self._bus.publish(result)
         self._call_on_end(run, result)
+
+    # --- adoption (runs a previous daemon started) ---
+
+    def adopt(self, spec: RunSpec, pid: int, started_at: float, proc_start: int, *, recorded: bool) -> Run:
+        """Supervise a run a previous daemon started and left alive (it was killed, or crashed).
+
+        The run counts for max_instances, is stopped like any run (timeout from its real start,
+        `torch kill`, stop) and its end is recorded; as it is not our child its exit status cannot
+        be read, so unless torch stopped it, it ends `lost`. Its output pipes are read again where
+        it still has them (reopened through /proc/PID/fd), so later output is captured.
+        """
+        now, mono = time.time(), time.monotonic()
+        run = Run(spec, None, pid, started_at, mono - max(0.0, now - started_at))
+        run.adopted, run.proc_start = True, proc_start
+        self._runs[spec.run_id] = run
+        self._counts[spec.task] = self._counts.get(spec.task, 0) + 1
+        for name, fd in _reattach_output(pid):
+            stream = _Stream(name, open(fd, "rb", buffering=0))  # noqa: SIM115 (closed by _close_stream)
+            run._streams.append(stream)
+            self._watch(run, stream)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:  # kernel < 5.3, or it is gone already: a poll notices either
+            run._exit_watch = self._loop.call_later(0, self._poll_adopted, run)
+        else:
+            run._exit_watch = pidfd
+            self._loop.add_reader(pidfd, self._adopted_exit, run)
+            st = procfs.stat(pid)
+            if st is None or st.start != proc_start:  # it died (and the pid was reused) since it was found
+                self._loop.call_soon(self._adopted_exit, run)
+        if spec.timeout is not None:  # its clock started with the run, not with this daemon
+            run._timeout_handle = self._loop.call_later(max(0.0, spec.timeout - (now - started_at)),
+                                                        self._on_timeout, run)
+        self._bus.publish(RunAdopted(spec.task, spec.run_id, pid, _iso_utc(started_at), run.scheduled_at,
+                                     spec.trigger, spec.attempt, bool(run._streams), recorded, started_at,
+                                     spec.scheduled_ts, proc_start))
+        return run
+
+    def _adopted_exit(self, run: Run) -> None:
+        if run.exited or run.ended:
+            return
+        self._unwatch_exit(run)
+        self._on_exit(run, None)
+
+    def _poll_adopted(self, run: Run) -> None:
+        run._exit_watch = None
+        if run.exited or run.ended:
+            return
+        st = procfs.stat(run.pid)
+        if st is None or st.state == "Z" or st.start != run.proc_start:
+            self._on_exit(run, None)
+        else:
+            run._exit_watch = self._loop.call_later(ADOPTED_POLL_S, self._poll_adopted, run)
+
+    def _unwatch_exit(self, run: Run) -> None:
+        watch, run._exit_watch = run._exit_watch, None
+        if isinstance(watch, int):
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(watch)
+            os.close(watch)
+        elif watch is not None:
+            watch.cancel()
 
     # --- output ---
 
@@ -599,14 +682,14 @@ class Runner:
                 continue
             self._on_exit(run, status, usage)
 
-    def _on_exit(self, run: Run, status: int, usage: Any = None) -> None:
+    def _on_exit(self, run: Run, status: int | None, usage: Any = None) -> None:
         run.exited = True
         run.exit_status = status
         if usage is not None:  # the direct child's own rusage (and that of children it waited for)
             run.cpu_s = round(usage.ru_utime + usage.ru_stime, 3)
             run.max_rss_kb = int(usage.ru_maxrss)  # kilobytes on Linux
         run._exit_mono = time.monotonic()
-        if run.popen is not None:
+        if run.popen is not None and status is not None:
             # Popen must never wait for this pid itself: once reaped, the number may be reused.
             run.popen.returncode = os.waitstatus_to_exitcode(status)
         if run._timeout_handle is not None:
@@ -646,6 +729,7 @@ class Runner:
             if handle is not None:
                 handle.cancel()
         run._timeout_handle = run._grace_handle = None
+        self._unwatch_exit(run)
         for stream in run._streams:
             self._close_stream(run, stream)
         self._runs.pop(run.spec.run_id, None)
@@ -666,6 +750,8 @@ class Runner:
         status: RunStatus
         if run.cause is not None:
             status = run.cause
+        elif run.adopted and run.exit_status is None:
+            status, error = "lost", error or LOST_ADOPTED
         elif exit_code == 0:
             status = "ok"
         else:
@@ -772,6 +858,11 @@ class Runner:
         # is ours. Once reaped, it stays reserved as long as any group member lives; it can only be
         # reused once the group is empty, and then by a new process with exactly that pid. So: if
         # the leader is reaped and its pid exists again, the group is someone else's.
+        if run.adopted:
+            # Not our child: nothing holds its pid for us. The number is the run's while it is free
+            # (its group may live on) or held by the process that has the run's start time.
+            st = procfs.stat(run.pid)
+            return st is None or st.start == run.proc_start
         return not run.exited or not procfs.exists(run.pid)
 
     def _signal_group(self, run: Run, sig: signal.Signals) -> bool:
@@ -933,6 +1024,31 @@ class Runner:
             if done() or time.monotonic() >= deadline:
                 return
             await asyncio.sleep(_POLL_S)
+
+
+def _reattach_output(pid: int) -> list[tuple[str, int]]:
+    """Read ends reopened on the output pipes `pid` still has as stdout/stderr, as (stream, fd).
+
+    Only anonymous pipes (what the previous daemon gave the run): a file or named FIFO the run
+    redirected to is not ours to read. One fd per pipe (stderr is often stdout's pipe).
+    """
+    found: list[tuple[str, int]] = []
+    seen: set[str] = set()
+    for n, name in ((1, "stdout"), (2, "stderr")):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{n}")
+            if not link.startswith("pipe:") or link in seen:
+                continue
+            fd = os.open(f"/proc/{pid}/fd/{n}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue
+        st = os.fstat(fd)
+        if not stat.S_ISFIFO(st.st_mode) or f"pipe:[{st.st_ino}]" != link:  # it changed under us
+            os.close(fd)
+            continue
+        seen.add(link)
+        found.append((name, fd))
+    return found
 
 
 def _describe(exc: BaseException) -> str:

@@ -15,10 +15,11 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
+from gotorch.adoption import Survivor
 from gotorch.config import Task
 from gotorch.delayed import DelayedStarts
 from gotorch.events import (
@@ -359,24 +360,56 @@ class Scheduler:
         )
         self.runner.start(spec)
 
+    def _spec(self, task: Task, run_id: str, scheduled: float | None, trigger: str, requested_by: str | None = None,
+              attempt: int = 1) -> RunSpec:
+        return RunSpec(
+            task=task.name, run_id=run_id, command=task.command,
+            env=(*task.env, ("TORCH_STATE_DIR", str(self.state_dir))),
+            workdir=task.workdir, user=task.user, group=task.group, timeout=task.timeout,
+            kill_timeout=task.kill_timeout, output_limit=task.output_limit,
+            scheduled_ts=scheduled, trigger=trigger, requested_by=requested_by, attempt=attempt,
+        )
+
     def _start(self, task: Task, scheduled: int | None, trigger: str | None = None, *, run_id: str | None = None,
                requested_by: str | None = None, attempt: int = 1) -> None:
         # Globally unique, not just per daemon: the runner finds escaped processes by TORCH_RUN_ID, and
         # a run id shared with another daemon (or a previous one's leftovers) would get them killed too.
         run_id = run_id or self.new_run_id()
-        spec = RunSpec(
-            task=task.name, run_id=run_id, command=task.command,
-            env=(*task.env, ("TORCH_STATE_DIR", str(self.state_dir))),
-            workdir=task.workdir, user=task.user, group=task.group, timeout=task.timeout,
-            kill_timeout=task.kill_timeout, output_limit=task.output_limit,
-            scheduled_ts=float(scheduled) if scheduled is not None else None,
-            trigger=trigger or _trigger_of(task), requested_by=requested_by, attempt=attempt,
-        )
+        spec = self._spec(task, run_id, float(scheduled) if scheduled is not None else None,
+                          trigger or _trigger_of(task), requested_by, attempt)
         if scheduled is not None:
             st = self.states.get(task.name)
             if st is not None:
                 st.last_scheduled = scheduled
         self.runner.start(spec)
+
+    def adopt(self, survivors: Iterable[Survivor], tasks: Mapping[str, Task]) -> None:
+        """At start, before `apply`: supervise the runs a previous daemon left alive (gotorch.adoption).
+
+        They count for max_instances like runs of ours, so no copy starts beside them. What this
+        config would not run is stopped: a daemon task's copy whose task is gone from this host or
+        on hold, and copies beyond a daemon task's max_instances (it was lowered meanwhile).
+        Cron runs of a removed task finish, as they would after a reload.
+        """
+        for found in survivors:
+            task = tasks.get(found.task)
+            if task is not None:
+                spec = self._spec(task, found.run_id, found.scheduled_at, found.trigger, attempt=found.attempt)
+            else:
+                spec = RunSpec(task=found.task, run_id=found.run_id, command="", scheduled_ts=found.scheduled_at,
+                               trigger=found.trigger, attempt=found.attempt)
+            run = self.runner.adopt(spec, found.pid, found.started_at, found.proc_start, recorded=found.recorded)
+            if task is None and found.trigger == "restart":
+                self.runner.terminate(run, "adopted after a daemon restart, but its daemon task no longer runs here")
+        for name, task in tasks.items():
+            if task.type != "daemon":
+                continue
+            runs = sorted((r for r in self.runner.runs.values() if r.spec.task == name), key=lambda r: r.started_at)
+            hold = self.held(name)
+            keep = 0 if hold is not None else task.max_instances
+            for run in runs[keep:]:
+                self.runner.terminate(run, f"adopted after a daemon restart, but the task is paused ({hold})"
+                                      if hold is not None else "adopted after a daemon restart, beyond max_instances")
 
     def _on_run_end(self, run: Run, result: RunResult) -> None:
         st = self.states.get(run.spec.task)

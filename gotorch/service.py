@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gotorch import accounts, control, reload_process
+from gotorch import accounts, adoption, control, reload_process
 from gotorch import log as logmod
 from gotorch.alerts import Alerts
 from gotorch.commands import Commands
@@ -45,6 +45,7 @@ from gotorch.events import (
     ReloadApplied,
     ReloadFailed,
     ReloadUnchanged,
+    RunLost,
     SignalHandlerFailed,
     TaskApplies,
     TaskNotHere,
@@ -175,7 +176,12 @@ class Service:
         # a daemon that dies during start-up must not leave runs (or a fired @reboot) behind.
         server = control.Server(self.paths.socket, self.handle_request, on_refused=self._control_refused)
         await server.start()
-        self._start_history(loop)
+        # Runs a previous daemon left alive (kill -9, OOM kill): found before the history closes the
+        # rows of the others as lost, adopted before the first fire (see below).
+        found = await loop.run_in_executor(None, self._find_leftovers, *self._run_uids())
+        self._start_history(loop, tuple(s.run_id for s in found.survivors))
+        for row in found.lost:
+            self.bus.publish(RunLost(row.task, row.run_id, row.pid))
         if self.http is not None:  # needs the control socket; its failures are events, never fatal
             self.web = WebSupervisor(loop, self.http, control_socket=self.paths.socket, history=self.paths.history,
                                      bus=self.bus, quiet=sched.quiet_moment)
@@ -193,6 +199,7 @@ class Service:
                                              t.schedule.text if t.schedule else None))
             for name in skipped:
                 self.bus.publish(TaskNotHere(name))
+            sched.adopt(found.survivors, {n: t for n, (t, _) in here.items()})
             sched.apply(here, at_start=True)
             # What the first reload is told runs (see _reload): pickled once, before any fire. And
             # the code this daemon runs, as it is now: a reload process compares its own with it.
@@ -229,8 +236,28 @@ class Service:
         self.bus.publish(DaemonStopped(os.getpid()))
         return 0
 
-    def _start_history(self, loop: asyncio.AbstractEventLoop) -> None:
-        """STATE/history.db: a writer thread fed by a bus subscriber; runs left open by a crash are lost."""
+    def _run_uids(self) -> tuple[set[int], dict[str, int]]:
+        """Whose processes may be runs (root, us, the tasks' users), and the uid each task runs as."""
+        euid = os.geteuid()
+        of_task: dict[str, int] = {}
+        for t in self.config.tasks:
+            if t.user is None:
+                of_task[t.name] = euid
+            else:
+                with contextlib.suppress(KeyError):
+                    of_task[t.name] = accounts.user(t.user).pw_uid
+        return {0, euid, *of_task.values()}, of_task
+
+    def _find_leftovers(self, uids: set[int], of_task: dict[str, int]) -> adoption.Findings:
+        """(A worker thread: it reads the database and /proc.) What the previous daemon left running."""
+        history = self.paths.history if self.history_settings is not None else None
+        return adoption.find(history, uids, of_task.get)
+
+    def _start_history(self, loop: asyncio.AbstractEventLoop, adopted: tuple[str, ...] = ()) -> None:
+        """STATE/history.db: a writer thread fed by a bus subscriber; runs left open by a crash are lost.
+
+        All but `adopted`: those are alive, and this daemon records their end.
+        """
         if self.history_settings is None:
             return
         def on_error(message: str) -> None:  # writer thread
@@ -243,7 +270,7 @@ class Service:
         self.history.start()
         self.recorder = Recorder(self.history, socket.gethostname())
         self.recorder.set_config(self.generation.number, self.config.short_hash)
-        self.recorder.close_lost_runs()  # before the first run of this daemon starts
+        self.recorder.close_lost_runs(adopted)  # before the first run of this daemon starts
         self.bus.subscribe(self.recorder)
 
     def _set_retention(self) -> None:

@@ -18,6 +18,7 @@ from gotorch.events import (
     RunOutput,
     RunSignalled,
     RunStarted,
+    RunTracked,
     Skipped,
 )
 from gotorch.runner import Runner, RunSpec
@@ -81,6 +82,9 @@ def test_runner_publishes_typed_events_for_a_run() -> None:
     finally:
         loop.remove_signal_handler(signal.SIGCHLD)
         loop.close()
+    # A run still going a few ms after its start is also tracked (RunTracked, for adoption after a
+    # crash); this one may or may not still be.
+    events = [e for e in events if not isinstance(e, RunTracked)]
     kinds = [type(e) for e in events]
     assert kinds == [RunStarted, RunOutput, RunEnded], events
     started, output, end = events

@@ -198,7 +198,7 @@ def test_finished_without_began_inserts_a_full_row(make: Any, state: Path) -> No
         "max_rss_kb": None, "generation": 4, "config_hash": "def", "output_head": b"", "output_tail": b"",
         "output_elided": 0, "output_bytes": 0, "dropped_bytes": 0, "reason": None, "detail": None,
         "missed_first": None, "missed_last": None, "missed_count": None, "error": "no such user",
-        "requested_by": None}
+        "requested_by": None, "proc_start": None, "pgid": None}
 
 
 def test_oversized_output_is_cut_and_counted_as_elided(make: Any, state: Path) -> None:

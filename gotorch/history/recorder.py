@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from gotorch.events import Event, MissedFires, RunEnded, RunOutput, RunStarted, Skipped
-from gotorch.history.rows import NonRun, Row, RunBegan, RunFinished, RunsLost
+from gotorch.events import Event, MissedFires, RunAdopted, RunEnded, RunOutput, RunStarted, RunTracked, Skipped
+from gotorch.history.rows import NonRun, Row, RunAdoptedRow, RunBegan, RunFinished, RunProcess, RunsLost
 from gotorch.history.schema import HEAD_BYTES, TAIL_BYTES
 
 LOST = "the daemon that ran it ended without recording its end (crash, kill -9, power loss)"
@@ -74,9 +74,12 @@ class Recorder:
         """The generation and hash that runs started from now on belong to."""
         self.generation, self.config_hash = generation, config_hash
 
-    def close_lost_runs(self) -> None:
-        """At start, before any run: runs the database still has as running were lost with the last daemon."""
-        self._sink.put(RunsLost(self._clock(), LOST))
+    def close_lost_runs(self, adopted: tuple[str, ...] = ()) -> None:
+        """At start, before any run: runs the database still has as running were lost with the last daemon.
+
+        All but `adopted`: the runs found alive, which this daemon supervises from now on.
+        """
+        self._sink.put(RunsLost(self._clock(), LOST, adopted))
 
     def __call__(self, event: Event) -> None:
         """Handle one event (a bus subscriber)."""
@@ -97,6 +100,13 @@ class Recorder:
                 event.duration_s, event.cpu_s, event.max_rss_kb, bytes(out.head), bytes(out.tail), out.elided,
                 event.output_bytes, event.dropped_bytes, event.error, event.trigger, event.scheduled_ts,
                 self._host, self.generation, self.config_hash, event.reason))
+        elif isinstance(event, RunTracked):
+            self._sink.put(RunProcess(event.run_id, event.proc_start, event.pgid))
+        elif isinstance(event, RunAdopted):
+            self._outputs[event.run_id] = OutputSample()  # what it prints from now on
+            self._sink.put(RunAdoptedRow(event.run_id, event.task, event.trigger, event.attempt, event.scheduled_ts,
+                                         event.started_ts, self._host, event.pid, event.proc_start,
+                                         self.generation, self.config_hash))
         elif isinstance(event, Skipped):
             self._non_run("skipped", event.task, event.scheduled_at, event.reason,
                           event.blocking_run or event.detail)

@@ -75,11 +75,38 @@ class NonRun:
 
 
 @dataclass(frozen=True, slots=True)
+class RunProcess:
+    """A running run's process start time and group, for a daemon that may have to adopt it."""
+
+    run_id: str
+    proc_start: int
+    pgid: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunAdoptedRow:
+    """At start: a run of the previous daemon still alive, adopted: its row (inserted if it had none)."""
+
+    run_id: str
+    task: str
+    trigger: str
+    attempt: int
+    scheduled_at: float | None
+    started_at: float
+    host: str
+    pid: int
+    proc_start: int
+    generation: int
+    config_hash: str
+
+
+@dataclass(frozen=True, slots=True)
 class RunsLost:
-    """At start: every run still `running` in the database ended with the previous daemon."""
+    """At start: every run still `running` in the database but `keep` (adopted) ended with the previous daemon."""
 
     ended_at: float
     error: str
+    keep: tuple[str, ...] = ()
 
 
-Row = RunBegan | RunFinished | NonRun | RunsLost
+Row = RunBegan | RunFinished | NonRun | RunsLost | RunProcess | RunAdoptedRow

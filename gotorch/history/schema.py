@@ -4,7 +4,8 @@ Times are Unix seconds (REAL, UTC); the CLI renders them. One table holds runs a
 "what happened to this task" is one ordered query:
 
 * a run (`kind = 'run'`) is inserted when it starts (status `running`) and updated when it ends;
-  a run found `running` when the daemon starts again was lost with the previous daemon (`lost`);
+  a run found `running` when the daemon starts again was lost with the previous daemon (`lost`),
+  unless its process is still alive: then the new daemon adopts it and records its end;
   a run torch stopped (`killed`, `timeout`) has its reason in `reason` too, e.g.
   "daemon stopping (SIGTERM)";
 * a non-run (`kind = 'skipped'` or `'missed'`) is inserted once, with its reason.
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import sqlite3
 
-VERSION = 2
+VERSION = 3
 
 # Forward migrations: MIGRATIONS[v] brings a database at version v to v + 1.
 MIGRATIONS: dict[int, str] = {
@@ -63,6 +64,13 @@ MIGRATIONS: dict[int, str] = {
     # v2: who asked for a manual run (`torch run`), e.g. "root (uid 0)"; NULL for everything else.
     1: """
     ALTER TABLE runs ADD COLUMN requested_by TEXT;
+    """,
+    # v3: what names a run's process for the life of the host, so that a daemon started after a
+    # crash can adopt the runs still alive (gotorch.adoption): its start time in clock ticks after
+    # boot (/proc/PID/stat) and its process group; NULL for runs shorter than a few ms.
+    2: """
+    ALTER TABLE runs ADD COLUMN proc_start INTEGER;
+    ALTER TABLE runs ADD COLUMN pgid INTEGER;
     """,
 }
 

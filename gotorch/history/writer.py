@@ -48,7 +48,7 @@ from pathlib import Path
 
 from gotorch import trustedfs
 from gotorch.history import schema
-from gotorch.history.rows import NonRun, Row, RunBegan, RunFinished, RunsLost
+from gotorch.history.rows import NonRun, Row, RunAdoptedRow, RunBegan, RunFinished, RunProcess, RunsLost
 
 FILE_MODE = 0o640
 # Short: the only other users of the database are readers (`torch history`), which WAL lets run
@@ -92,6 +92,13 @@ INSERT INTO runs (run_id, task, kind, scheduled_at, started_at, host, status, re
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 _MARK_LOST = "UPDATE runs SET status = 'lost', ended_at = ?, error = ? WHERE status = 'running'"
+_SET_PROCESS = "UPDATE runs SET proc_start = ?, pgid = ? WHERE run_id = ?"
+# An adopted run keeps the row its own daemon wrote; one the crash left unwritten is inserted.
+_INSERT_ADOPTED = """
+INSERT OR IGNORE INTO runs (run_id, task, kind, trigger, attempt, scheduled_at, started_at, host, pid, pgid,
+                            proc_start, status, generation, config_hash)
+VALUES (?, ?, 'run', ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?)
+"""
 
 # Retention. Each statement is served by an index (a test checks the query plans): rowid IN
 # (... LIMIT ?) because SQLite is usually built without DELETE ... LIMIT.
@@ -648,8 +655,19 @@ class HistoryWriter:
                                         row.kind, row.reason, row.detail, row.missed_first, row.missed_last,
                                         row.missed_count, row.generation, row.config_hash))
             self._grew(row.task)
+        elif isinstance(row, RunProcess):
+            db.execute(_SET_PROCESS, (row.proc_start, row.pgid, row.run_id))
         elif isinstance(row, RunsLost):
-            db.execute(_MARK_LOST, (row.ended_at, row.error))
+            if row.keep:
+                marks = ",".join("?" * len(row.keep))
+                db.execute(f"{_MARK_LOST} AND run_id NOT IN ({marks})", (row.ended_at, row.error, *row.keep))
+            else:
+                db.execute(_MARK_LOST, (row.ended_at, row.error))
+        elif isinstance(row, RunAdoptedRow):
+            if db.execute(_INSERT_ADOPTED, (row.run_id, row.task, row.trigger, row.attempt, row.scheduled_at,
+                                            row.started_at, row.host, row.pid, row.pid, row.proc_start,
+                                            row.generation, row.config_hash)).rowcount:
+                self._grew(row.task)
         else:
             raise sqlite3.ProgrammingError(f"not a history row: {row!r}")
 
