@@ -150,7 +150,8 @@ class Alerts:
         """
         if task.user is None or os.geteuid() != 0:
             path = self._state_dir / HOOK_DIR
-            trustedfs.ensure_dir(str(path), os.geteuid(), mode=0o711)
+            # follow_final=False: a symlink planted at STATE/hooks must not steer where root writes.
+            trustedfs.ensure_dir(str(path), os.geteuid(), mode=0o711, follow_final=False)
             return path
         if self._dir is None or not self._dir.is_dir():
             self._dir = Path(tempfile.mkdtemp(prefix="torch-hooks-"))

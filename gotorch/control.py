@@ -25,11 +25,14 @@ import inspect
 import json
 import os
 import socket
+import stat
 import struct
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from gotorch.trustedfs import Untrusted, kind_of
 
 PROTOCOL = 1
 MAX_REQUEST = 64 * 1024  # bytes of one request line
@@ -132,10 +135,18 @@ class Server:
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
-        """Listen (replacing a stale socket file); the file is 0600 from its creation on."""
+        """Listen (replacing a stale socket file); the file is 0600 from its creation on.
+
+        Only a socket is replaced. Anything else in its place (a symlink, a file) was not left by a
+        torch: it is refused with its name, where bind() would only say "address already in use".
+        """
         with contextlib.suppress(FileNotFoundError):
-            if self.path.is_socket():
+            st = os.lstat(self.path)  # lstat: is_socket() would follow a planted symlink
+            if stat.S_ISSOCK(st.st_mode):
                 self.path.unlink()
+            else:
+                raise Untrusted(str(self.path), f"is {kind_of(st.st_mode)}, not torch's control socket",
+                                f"remove {self.path} (torch recreates it)")
         old = os.umask(0o177)  # no window with looser permissions
         try:
             self._server = await asyncio.start_unix_server(self._on_client, path=str(self.path), limit=MAX_REQUEST)

@@ -224,7 +224,7 @@ def _components(path: str) -> list[str]:
 
 
 def _walk_to_parent(path: str, euid: int, check: bool, create_mode: int | None = None,
-                    *, into: bool = False) -> tuple[_Walk, str]:
+                    *, into: bool = False, follow_final: bool = True) -> tuple[_Walk, str]:
     """Walk to the directory holding `path`'s final component; return the walk and that component's name.
 
     Symlinks in the middle of the path are resolved by reading them; the final component is left to
@@ -251,6 +251,10 @@ def _walk_to_parent(path: str, euid: int, check: bool, create_mode: int | None =
                 walk.enter(name, create_mode=create_mode)
                 continue
             if stat.S_ISLNK(st.st_mode):
+                if not parts and not follow_final:  # the path's own last component (see ensure_dir)
+                    where = _join(walk.path, name)
+                    raise Untrusted(where, "is a symlink, and torch never writes through one",
+                                    f"remove {where} (torch recreates it)")
                 walk.link(name, parts, st)
                 continue
             if not stat.S_ISDIR(st.st_mode):
@@ -336,27 +340,52 @@ def read_bounded(fd: int, limit: int, too_big: Exception) -> bytes:
             raise too_big
 
 
-def ensure_dir(path: str, euid: int, mode: int = 0o750) -> None:
+def ensure_dir(path: str, euid: int, mode: int = 0o750, *, follow_final: bool = True) -> None:
     """Make sure the directory `path` exists and is trusted from `/` down, creating what is missing.
 
     Directories torch creates get exactly `mode` (the umask does not loosen or tighten it). An
     existing directory that another user could write, or that is owned by another user, is refused
     rather than fixed: it was not ours, and we cannot know what was planted in it.
+
+    `follow_final=False` is for torch's own directories inside a state directory (STATE/hooks): a
+    symlink in their place is refused rather than walked, since nobody but torch has a reason to
+    put one there, and walking it would create the directory, and files in it, wherever it points.
+    A state directory itself may be a symlink its owner made (`/var/lib/torch -> /srv/torch`).
     """
-    walk, _ = _walk_to_parent(path, euid, True, create_mode=mode, into=True)
+    walk, _ = _walk_to_parent(path, euid, True, create_mode=mode, into=True, follow_final=follow_final)
     try:
         walk.check_own_dir()
     finally:
         walk.close()
 
 
+class SymlinkRefused(OSError):
+    """A symlink sits where torch opens one of its own files: refused, never followed.
+
+    An OSError (ELOOP, what O_NOFOLLOW reports) so that callers handling "cannot open" handle it
+    too; its message says what to do rather than the kernel's "Too many levels of symbolic links".
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__(errno.ELOOP, "is a symlink", path)
+
+    def __str__(self) -> str:
+        return f"{self.filename}: is a symlink, and torch never writes through one; remove it (torch recreates it)"
+
+
 def open_state_file(path: str, flags: int, mode: int = 0o640) -> int:
     """Open (or create) one of torch's own files in a trusted directory, never through a symlink.
 
     The descriptor is `fstat`ed before it is returned: it must be a regular file owned by us with a
-    single link (a hard link planted earlier would point root's writes at someone else's file).
+    single link (a hard link planted earlier would point root's writes at someone else's file). A
+    symlink in the file's place, dangling or not, raises SymlinkRefused.
     """
-    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SymlinkRefused(path) from None
+        raise
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
