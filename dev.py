@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Set up torch's virtual environment and run it or its tests: the README's two commands.
 
-Needs only python3 (3.11+). Creates .venv beside this file, installs torch (editable) with its test
-and bench extras when the installed set is out of date, then runs the requested action inside that venv.
+Needs only python3 (3.11+). Creates .venv beside this file, installs torch (editable) with its test,
+bench and etcd extras when the installed set is out of date, then runs the requested action inside that venv.
 
     python3 dev.py run    # torch in the foreground on etc/tasks.yaml
     python3 dev.py test   # ruff, mypy --strict, and the whole pytest suite
@@ -37,7 +37,7 @@ def _ensure_venv() -> None:
     print("dev.py: installing torch and its test and benchmark dependencies", flush=True)
     pip = [str(BIN / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "install", "--upgrade", "pip"], check=True)
-    subprocess.run([*pip, "install", "-e", f"{ROOT}[test,bench]"], check=True)
+    subprocess.run([*pip, "install", "-e", f"{ROOT}[test,bench,etcd]"], check=True)
     # Wheels of torch's runtime dependencies (and its build backend), so the packaging test can build
     # the .deb without the network: tests reach nothing beyond loopback.
     subprocess.run([*pip, "wheel", "--wheel-dir", str(WHEELHOUSE), str(ROOT), "setuptools>=77", "wheel"],

@@ -32,6 +32,7 @@ from gotorch.history import query
 RUN_KEY_VAR = "TORCH_RUN_KEY"
 TASK_VAR = "TORCH_TASK"
 SCHEDULED_VAR = "TORCH_SCHEDULED_AT"
+STATE_VAR = "TORCH_STATE_DIR"  # which daemon a run belongs to: several may share a host
 # How far a process's start may be from the started_at its row records (taken just after the exec)
 # for a row without a start time, or after a reboot that reused pid and tick count: a run that
 # started in another boot is always further off than this.
@@ -65,6 +66,7 @@ class Proc:
     run_key: str | None  # its TORCH_RUN_KEY, if it has one (and its environment could be read)
     task: str | None  # its TORCH_TASK
     scheduled_at: str | None  # its TORCH_SCHEDULED_AT
+    state_dir: str | None = None  # its TORCH_STATE_DIR: the daemon (state directory) that started it
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +106,7 @@ def _is_run(row: OpenRun, proc: Proc) -> bool:
 
 
 def match(rows: Iterable[OpenRun], procs: Iterable[Proc], known: Callable[[list[str]], set[str]],
-          uid_of_task: Callable[[str], int | None]) -> Findings:
+          uid_of_task: Callable[[str], int | None], state_dir: str | None = None) -> Findings:
     """Sort the previous daemon's runs into survivors and lost ones.
 
     `rows`: the history's open rows; `procs`: /proc now (the pids of the rows, and every process
@@ -112,9 +114,10 @@ def match(rows: Iterable[OpenRun], procs: Iterable[Proc], known: Callable[[list[
     not (a process whose run has ended, e.g. a `nohup x &` left behind, is no run to adopt);
     `uid_of_task(task)`: the uid a task of the current config runs as (None: no such task here).
 
-    A run found only through /proc is adopted when its process leads its own session (as the
-    runner starts every run) and belongs to the user its task runs as: another user cannot plant a
-    process that holds a task back.
+    A run found only through /proc is adopted when it was started by a daemon of this state
+    directory (`state_dir`: other daemons on the host have runs too), its process leads its own
+    session (as the runner starts every run) and belongs to the user its task runs as: another user
+    cannot plant a process that holds a task back.
     """
     by_pid = {p.pid: p for p in procs}
     survivors: list[Survivor] = []
@@ -132,7 +135,8 @@ def match(rows: Iterable[OpenRun], procs: Iterable[Proc], known: Callable[[list[
     # Unrecorded runs: the earliest session leader carrying each key no row names.
     leaders: dict[str, Proc] = {}
     for p in by_pid.values():
-        if p.run_key is None or p.run_key in seen or p.state == "Z" or p.pid != p.session or p.task is None:
+        if p.run_key is None or p.run_key in seen or p.state == "Z" or p.pid != p.session or p.task is None \
+                or p.state_dir != state_dir:
             continue
         best = leaders.get(p.run_key)
         if best is None or (p.start, p.pid) < (best.start, best.pid):
@@ -191,7 +195,7 @@ def _proc(pid: int, booted: float, uids: set[int] | None) -> Proc | None:
     env = procfs.environ(pid) or b""
     return Proc(pid, uid, st.state, st.session, st.start, procfs.start_epoch(st.start, booted),
                 procfs.env_value(env, RUN_KEY_VAR), procfs.env_value(env, TASK_VAR),
-                procfs.env_value(env, SCHEDULED_VAR))
+                procfs.env_value(env, SCHEDULED_VAR), procfs.env_value(env, STATE_VAR))
 
 
 def snapshot(pids: Iterable[int], uids: Iterable[int]) -> list[Proc]:
@@ -212,12 +216,13 @@ def snapshot(pids: Iterable[int], uids: Iterable[int]) -> list[Proc]:
     return list(found.values())
 
 
-def find(history: Path | None, uids: Iterable[int], uid_of_task: Callable[[str], int | None]) -> Findings:
+def find(history: Path | None, uids: Iterable[int], uid_of_task: Callable[[str], int | None],
+         state_dir: Path) -> Findings:
     """Runs the previous daemon left: survivors to adopt and lost rows. Blocking: call it off the loop.
 
     `history`: STATE/history.db (None with --no-history); `uids`: whose processes may be runs (root,
-    the daemon's user, the users tasks run as). An unreadable database is no reason not to start:
-    then only /proc is looked at.
+    the daemon's user, the users tasks run as); `state_dir`: this daemon's (its runs carry it). An
+    unreadable database is no reason not to start: then only /proc is looked at.
     """
     db: sqlite3.Connection | None = None
     rows: list[OpenRun] = []
@@ -233,7 +238,7 @@ def find(history: Path | None, uids: Iterable[int], uid_of_task: Callable[[str],
                 return _known(db, ids)
             except sqlite3.Error:  # cannot tell: a process whose run ended may be adopted, never the reverse
                 return set()
-        return match(rows, procs, known, uid_of_task)
+        return match(rows, procs, known, uid_of_task, str(state_dir))
     finally:
         if db is not None:
             db.close()

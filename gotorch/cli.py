@@ -22,6 +22,7 @@ import click
 
 from gotorch import __version__
 from gotorch.cli_control import kill, pause, resume, run, watch
+from gotorch.cli_fleet import fleet
 from gotorch.cli_options import (
     CONFIG_ENV,
     config_option,
@@ -571,6 +572,16 @@ def status(config_opt: str | None, state_dir: str | None, as_json: bool) -> None
             click.echo(f"  {e.get('message', e)}")
     if st.get("history_error"):
         click.echo(f"history: {st['history_error']}", err=True)
+    fl = st.get("fleet")
+    if fl:  # where this host stands in the fleet: etcd's state first, it decides what runs
+        etcd = "etcd ok" if fl["reachable"] else f"etcd UNREACHABLE ({fl['error']})" if fl["reachable"] is False \
+            else "etcd not contacted yet"
+        holds = ", ".join(f"{t} (token {tok})" for t, tok in fl["held"].items()) or "nothing"
+        skew = f"; CLOCK SKEW {fl['clock_skew_s']:+.1f}s, not competing" if fl.get("clock_skew_s") is not None else ""
+        click.echo(f"fleet {fl['cluster']} as {fl['host']}: {etcd}; holds {holds}{skew}")
+    for adopted in st.get("adopted_runs", []):  # a crash happened: say what this daemon took over
+        click.echo(f"adopted {adopted['task']} run {adopted['run_id']} (pid {adopted['pid']}, started "
+                   f"{_clock(adopted['started_at'], time.time())}) from a previous daemon")
     table = [("TASK", "TYPE", "RUNNING", "LAST", "FAILED 24H", "NEXT")]
     for t in st["tasks"]:
         paused = t.get("paused")
@@ -932,6 +943,7 @@ cli.add_command(kill)
 cli.add_command(watch)
 cli.add_command(pause)
 cli.add_command(resume)
+cli.add_command(fleet)
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ from gotorch import accounts
 from gotorch.config_errors import ConfigError as ConfigError
 from gotorch.config_errors import ConfigInvalid as ConfigInvalid
 from gotorch.durations import DURATION_HINT, SIZE_HINT, parse_duration, parse_size
+from gotorch.fleet.settings import FLEET_MODES, UNREACHABLE_POLICIES, FleetBad, FleetSettings, parse_fleet
 from gotorch.hosts import IPNetwork
 from gotorch.schedule import Schedule, ScheduleError, forget_parsed, parse_schedule
 from gotorch.trustedfs import FileBytes, Untrusted, read_file
@@ -50,7 +51,7 @@ MAX_RETRIES = 100
 MAX_FAILURE_THRESHOLD = 10_000
 # What a run can end as that `retry_on` may name: the failures of the run itself, not a stop on request.
 RETRYABLE = ("failed", "timeout", "spawn_failed")
-TOP_KEYS = ("version", "defaults", "tasks")
+TOP_KEYS = ("version", "defaults", "tasks", "fleet")
 # Fields a `defaults:` block may set: everything but a task's identity and what it runs.
 NOT_DEFAULTABLE = ("name", "command", "schedule", "type")
 
@@ -86,6 +87,10 @@ class Task:
     failure_threshold: int = 1
     warn_after: float | None = None
     hook_timeout: float = 60.0
+    # Beyond one host (gotorch.fleet): "once" = one matching host of the fleet runs each fire (cron)
+    # or holds the copies (daemon); what to do when etcd cannot say who: skip, or run anyway.
+    fleet: str | None = None
+    fleet_unreachable: str = "skip"
     line: int = field(default=0, compare=False)
 
     @property
@@ -101,6 +106,7 @@ class Config:
     path: str
     tasks: tuple[Task, ...]
     digest: str
+    fleet: FleetSettings | None = None  # the top-level `fleet:` block, if any
 
     @property
     def short_hash(self) -> str:
@@ -311,6 +317,19 @@ def _zone_names() -> list[str]:
     return sorted(zoneinfo.available_timezones())
 
 
+def _fleet_mode(v: Any) -> str:
+    if v not in FLEET_MODES:
+        raise _Bad(f"{v!r} is not a fleet mode", "write fleet: once (one host of the fleet runs it), or leave it out")
+    return str(v)
+
+
+def _fleet_unreachable(v: Any) -> str:
+    if v not in UNREACHABLE_POLICIES:
+        raise _Bad(f"{v!r} is not skip or run",
+                   "write fleet_unreachable: skip (run nowhere while etcd is unreachable) or run (run here anyway)")
+    return str(v)
+
+
 def _name(v: Any) -> str:
     if not isinstance(v, str) or not NAME_RE.fullmatch(v):
         raise _Bad(f"{v!r} is not a valid task name",
@@ -356,6 +375,8 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "failure_threshold": _count("failure_threshold", 1, MAX_FAILURE_THRESHOLD, 3),
     "warn_after": _duration(minimum_exclusive=True),
     "hook_timeout": _duration(minimum_exclusive=True),
+    "fleet": _fleet_mode,
+    "fleet_unreachable": _fleet_unreachable,
 }
 TASK_KEYS = tuple(_VALIDATORS)
 DEFAULT_KEYS = tuple(k for k in TASK_KEYS if k not in NOT_DEFAULTABLE)
@@ -414,6 +435,26 @@ def _plain(node: yaml.Node) -> None:
     if node.tag not in _PLAIN_TAGS:
         raise _Fatal(node, f"YAML tag {node.tag!r} is not allowed",
                      "remove the tag: torch reads plain YAML values (strings, numbers, booleans, lists, mappings)")
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _merged_plain(node: yaml.MappingNode) -> None:
+    """Refuse a tag on any mapping (or list of mappings) that `node`'s merge keys pull in, at any depth.
+
+    Only merge values are visited: every other node is checked when the walk reaches it. A merged
+    mapping already flattened (an anchor merged twice) has no merge keys left, so this stays linear.
+    """
+    for key, value in node.value:
+        if key.tag != _MERGE_TAG:
+            continue
+        _plain(value)
+        for merged in value.value if isinstance(value, yaml.SequenceNode) else [value]:
+            if isinstance(merged, yaml.Node):
+                _plain(merged)
+            if isinstance(merged, yaml.MappingNode):
+                _merged_plain(merged)
 
 
 class _Loader(yaml.CSafeLoader):
@@ -494,6 +535,9 @@ class _Walker:
 
     def _pairs(self, node: yaml.MappingNode) -> list[tuple[yaml.Node, yaml.Node]]:
         # Merge keys (`<<: *common`) are legitimate YAML reuse: flatten them the way PyYAML would.
+        # Flattening copies the merged mappings' pairs and drops the mappings themselves, so their
+        # tags would never be seen (`<<: !!python/object:x {...}` was accepted): check them first.
+        _merged_plain(node)
         self.loader.flatten_mapping(node)
         return list(node.value)
 
@@ -595,7 +639,7 @@ def _parse_config(text: str, filename: str, check_accounts: bool, default_timezo
         w = _Walker(filename, loader)
         _ACCOUNT_CHECKS = check_accounts
         try:
-            tasks = _parse_root(w, root, default_timezone or "UTC")
+            tasks, fleet = _parse_root(w, root, default_timezone or "UTC")
         except yaml.YAMLError as exc:  # a bad scalar surfaces while constructing values
             raise ConfigInvalid([*w.errors, _yaml_error(filename, exc, text)]) from None
         except (TypeError, ValueError, RecursionError) as exc:
@@ -614,19 +658,50 @@ def _parse_config(text: str, filename: str, check_accounts: bool, default_timezo
         loader.dispose()
     if w.errors:
         raise ConfigInvalid(sorted(w.errors, key=lambda e: (e.line, e.col)))
-    return Config(filename, tuple(tasks), digest)
+    return Config(filename, tuple(tasks), digest, fleet)
 
 
-def _parse_root(w: _Walker, root: yaml.Node | None, host_tz: str) -> list[Task]:
+def _parse_root(w: _Walker, root: yaml.Node | None, host_tz: str) -> tuple[list[Task], FleetSettings | None]:
     if root is None:
         w.errors.append(ConfigError(w.filename, 1, 1, "", "the file is empty",
                                     "start it with `version: 1` and a `tasks:` list"))
-        return []
+        return [], None
     top = w.mapping(root, "the file")
     if top is None:
         w.error(root, "", "the file must be a mapping with version, defaults and tasks",
                 "start it with `version: 1` and a `tasks:` list")
-        return []
+        return [], None
+    fleet = _parse_fleet(w, top["fleet"].value_node) if "fleet" in top else None
+    tasks = _parse_tasks(w, root, top, host_tz)
+    for t in tasks:
+        if t.fleet is not None and fleet is None and "fleet" not in top:
+            w.errors.append(ConfigError(w.filename, t.line, 1, "fleet", "a `fleet: once` task needs the file's "
+                                        "top-level `fleet:` block (where etcd is)",
+                                        "add fleet: {endpoints: [...], cluster: NAME}, or remove `fleet:` from "
+                                        "the task", f"'{t.name}'"))
+        if t.fleet is not None and t.schedule is not None and t.schedule.kind == "reboot":
+            w.errors.append(ConfigError(w.filename, t.line, 1, "fleet", "an @reboot task cannot be `fleet: once`: "
+                                        "each host boots on its own", "give it a schedule, or make it a daemon task",
+                                        f"'{t.name}'"))
+    return tasks, fleet
+
+
+def _parse_fleet(w: _Walker, node: yaml.Node) -> FleetSettings | None:
+    _plain(node)
+    try:
+        return parse_fleet(w.value(node))
+    except FleetBad as bad:
+        # Point at the field's own line where it has one (fleet.tls.ca: the `ca:` value).
+        at = node
+        for name in bad.field.split(".")[1:]:
+            if not isinstance(at, yaml.MappingNode):
+                break
+            at = next((v for k, v in at.value if isinstance(k, yaml.ScalarNode) and k.value == name), at)
+        w.error(at, bad.field, bad.problem, bad.hint)
+        return None
+
+
+def _parse_tasks(w: _Walker, root: yaml.Node, top: dict[str, _Entry], host_tz: str) -> list[Task]:
     list(w.unknown_keys(top, TOP_KEYS, "the file"))
     version = top.get("version")
     if version is None:

@@ -459,6 +459,62 @@ class PausesRestored(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class FleetReachable(Event):
+    """etcd answers again (ok), or stopped answering: `fleet_unreachable` now decides fleet fires."""
+
+    name: ClassVar[str] = "fleet.etcd"
+    ok: bool
+    error: str | None = None
+
+    def severity(self) -> Level:
+        """Losing etcd is loud; getting it back is news."""
+        return "info" if self.ok else "error"
+
+
+@dataclass(frozen=True, slots=True)
+class FleetElected(Event):
+    """This host holds a `fleet: once` daemon task's election: it runs its copies (with this token)."""
+
+    name: ClassVar[str] = "fleet.elected"
+    task: str
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class FleetDeposed(Event):
+    """This host no longer holds a daemon task's election; its copies here are stopped."""
+
+    name: ClassVar[str] = "fleet.deposed"
+    level: ClassVar[Level] = "warning"
+    task: str
+    reason: str
+    stopped: int  # copies being stopped
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSkew(Event):
+    """Our clock is too far from etcd's to compete for fleet fires (skew_s None: within bounds again)."""
+
+    name: ClassVar[str] = "fleet.clock_skew"
+    skew_s: float | None
+
+    def severity(self) -> Level:
+        """A skewed clock is an error: this host stopped taking fleet fires."""
+        return "error" if self.skew_s is not None else "info"
+
+
+@dataclass(frozen=True, slots=True)
+class FleetUnreachableRun(Event):
+    """etcd could not say who runs a `fleet: once` fire; `fleet_unreachable: run` runs it here anyway."""
+
+    name: ClassVar[str] = "fleet.unreachable_run"
+    level: ClassVar[Level] = "warning"
+    task: str
+    scheduled_at: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
 class ControlRefused(Event):
     """A process of another user connected to the control socket and was turned away (SO_PEERCRED)."""
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from gotorch import accounts, reload_process
 from gotorch.config import Config, ConfigError, ConfigInvalid, Task, compacted, parse_bytes, read_task_file
 from gotorch.firequeue import FireHints, precompute
+from gotorch.fleet.settings import FleetSettings
 from gotorch.hosts import HOST_IPS_ENV, IPAddress, host_addresses, local_timezone
 from gotorch.plan import Plan, applicable, reload_plan
 from gotorch.reload_process import ReloadProcess
@@ -172,6 +173,7 @@ class Loaded:
     plan: Plan  # against Base.running (see plan.reload_plan)
     here: dict[str, str | None]  # matched address of each name the plan adds, changes or refreshes
     hints: bytes  # pickle of FireHints for the tasks the plan adds or changes
+    fleet: FleetSettings | None = None  # the file's `fleet:` block
 
     async def unpack(self, base: Config, quiet: Callable[[], Awaitable[None]]
                      ) -> tuple[Config, dict[str, tuple[Task, str | None]], FireHints]:
@@ -193,7 +195,7 @@ class Loaded:
         tasks = tuple(fresh.get(n) or old[n] for n in self.order)
         part = {n: (fresh.get(n) or old[n], ip) for n, ip in self.here.items()}
         hints: FireHints = pickle.loads(self.hints)
-        return Config(self.path, tasks, self.digest), part, hints
+        return Config(self.path, tasks, self.digest, self.fleet), part, hints
 
 
 def _pack(config: Config, addresses: list[IPAddress], base: Base | None, wall: float) -> Loaded:
@@ -211,7 +213,7 @@ def _pack(config: Config, addresses: list[IPAddress], base: Base | None, wall: f
     hints = precompute((here[n][0] for n in (*plan.added, *plan.changed)), wall)
     return Loaded(config.digest, config.path, addresses, pack_config(config), tuple(t.name for t in config.tasks),
                   [dump(fresh[i:i + SLICE]) for i in range(0, len(fresh), SLICE)], plan,
-                  {n: here[n][1] for n in touched}, dump(hints))
+                  {n: here[n][1] for n in touched}, dump(hints), config.fleet)
 
 
 @dataclass(frozen=True)

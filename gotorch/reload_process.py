@@ -77,15 +77,22 @@ class ReloadProcess:
 _ROOT = str(Path(gotorch.__file__).resolve().parent.parent)
 
 
+def python_argv(module: str) -> list[str]:
+    """argv of a fresh interpreter running `module`'s main(): torch's helper processes (this one, the fence).
+
+    -I: no PYTHON* variables, no user site-packages, no working directory on sys.path: such a
+    process runs as root and must import only the interpreter's own packages and torch's. The
+    package's root goes last, so nothing there can shadow the standard library.
+    """
+    return [sys.executable, "-I", "-c", f"import sys; sys.path.append({_ROOT!r}); from {module} import main; main()"]
+
+
 def _argv() -> list[str]:
-    # -I: no PYTHON* variables, no user site-packages, no working directory on sys.path: this
-    # process runs as root and must import only the interpreter's own packages and torch's. The
-    # package's root goes last, so nothing there can shadow the standard library.
-    return [sys.executable, "-I", "-c",
-            f"import sys; sys.path.append({_ROOT!r}); from gotorch.reload_process import main; main()"]
+    return python_argv("gotorch.reload_process")
 
 
-def _env() -> dict[str, str]:
+def clean_env() -> dict[str, str]:
+    """The environment of torch's helper processes (see below)."""
     # Only what a parse can depend on (the zone, the locale, PATH for nothing in particular): not the
     # TORCH_* settings (the request carries them; a TORCH_STATE_DIR would make this helper look
     # like one of the runs, which are found by their environment), nor anything else of root's.
@@ -130,7 +137,7 @@ def spawn() -> ReloadProcess:
     req_r, req_w = _high_pipe()
     ans_r, ans_w = _high_pipe()
     try:
-        pid = os.posix_spawn(sys.executable, _argv(), _env(), file_actions=[
+        pid = os.posix_spawn(sys.executable, _argv(), clean_env(), file_actions=[
             (os.POSIX_SPAWN_DUP2, req_r, 0),
             (os.POSIX_SPAWN_DUP2, ans_w, 1),
             (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),

@@ -36,6 +36,7 @@ from gotorch.events import (
     TickFailed,
 )
 from gotorch.firequeue import ClockJump, FireHints, FireNow, FireQueue, Missed, TaskError
+from gotorch.fleet.gate import FleetGate
 from gotorch.log import logging_bus
 from gotorch.plan import Plan, diff, runs_unchanged
 from gotorch.policy import jitter_delay
@@ -80,8 +81,11 @@ class Scheduler:
         self.started_at = time.time()
         self._timer: asyncio.TimerHandle | None = None
         self.delayed = DelayedStarts(loop)
+        # Copies of a daemon task start only when it is not on hold and, for a fleet task, when this
+        # host holds its election.
         self.supervisor = Supervisor(self.runner, self.delayed, lambda task: self._start(task, None), self.bus,
-                                     lambda name: self.held(name) is not None)
+                                     lambda name: self.held(name) is not None or not self._fleet_allows(name))
+        self.fleet: FleetGate | None = None  # a `fleet:` block: etcd decides fleet tasks' fires and copies
         self._seq = itertools.count(1)
         self._id_prefix = f"{os.urandom(5).hex()}-"
         self._done = loop.create_future()
@@ -269,7 +273,8 @@ class Scheduler:
         One task's failure (to start, or to have its fires worked out) is logged and costs no other
         task its fire.
         """
-        actions = self.queue.tick(time.time(), time.monotonic())
+        wall = time.time()
+        actions = self.queue.tick(wall, time.monotonic())
         for a in actions:
             if isinstance(a, FireNow):
                 try:
@@ -277,6 +282,8 @@ class Scheduler:
                 except Exception as exc:
                     self.bus.publish(FireFailed(a.task.name, _iso(a.scheduled), exc))
         self.queue.settle()
+        if self.fleet is not None:  # after the fires: claim the next ones, well ahead of their boundary
+            self.fleet.prepare(math.floor(wall), lambda name: self.held(name) is not None)
         errors: list[TaskError] = []
         for a in actions:
             if isinstance(a, Missed):
@@ -315,17 +322,37 @@ class Scheduler:
             return
         if fire.caught_up:
             self.bus.publish(CaughtUp(task.name, _iso(fire.scheduled), round(time.time() - fire.scheduled, 3)))
+        if self.fleet is not None and self.fleet.is_fleet(task):
+            scheduled = fire.scheduled
+            self.fleet.fire(task, scheduled, lambda run_id: self._fleet_go(task, scheduled, run_id),
+                            lambda reason, detail: self.bus.publish(Skipped(task.name, _iso(scheduled), reason,
+                                                                            detail=detail)))
+            return
+        self._go(task, fire.scheduled)
+
+    def _fleet_go(self, task: Task, scheduled: int, run_id: str) -> None:
+        # Usually at once; later if the claim's answer was late: the task may be gone by then.
+        if task.name in self.states and not self.stopping:
+            self._go(task, scheduled, run_id)
+
+    def _go(self, task: Task, scheduled: int, run_id: str | None = None) -> None:
         delay = jitter_delay(task, self.rng)
         if delay > 0:
-            self.bus.publish(Jittered(task.name, _iso(fire.scheduled), round(delay, 3)))
-            self.delayed.add(task.name, delay, "jitter", fire.scheduled,
-                             lambda token: self._after_jitter(task, fire.scheduled, token))
+            self.bus.publish(Jittered(task.name, _iso(scheduled), round(delay, 3)))
+            self.delayed.add(task.name, delay, "jitter", scheduled,
+                             lambda token: self._after_jitter(task, scheduled, token, run_id))
             return
-        self._start(task, fire.scheduled)
+        self._start_fire(task, scheduled, run_id)
 
-    def _after_jitter(self, task: Task, scheduled: int, token: int) -> None:
+    def _after_jitter(self, task: Task, scheduled: int, token: int, run_id: str | None = None) -> None:
         if self.delayed.take(task.name, token) and task.name in self.states and not self.stopping:
+            self._start_fire(task, scheduled, run_id)
+
+    def _start_fire(self, task: Task, scheduled: int, run_id: str | None) -> None:
+        if run_id is None:
             self._start(task, scheduled)
+        else:  # the run id a fleet claim named: the fleet knows the run by it
+            self._start(task, scheduled, run_id=run_id)
 
     def new_run_id(self) -> str:
         """A run id unique across daemons and hosts (see `_start`)."""
@@ -362,9 +389,11 @@ class Scheduler:
 
     def _spec(self, task: Task, run_id: str, scheduled: float | None, trigger: str, requested_by: str | None = None,
               attempt: int = 1) -> RunSpec:
+        token = self.fleet.token(task.name) if self.fleet is not None else None
+        fleet_env = (("TORCH_FLEET_TOKEN", str(token)),) if token is not None else ()
         return RunSpec(
             task=task.name, run_id=run_id, command=task.command,
-            env=(*task.env, ("TORCH_STATE_DIR", str(self.state_dir))),
+            env=(*task.env, ("TORCH_STATE_DIR", str(self.state_dir)), *fleet_env),
             workdir=task.workdir, user=task.user, group=task.group, timeout=task.timeout,
             kill_timeout=task.kill_timeout, output_limit=task.output_limit,
             scheduled_ts=scheduled, trigger=trigger, requested_by=requested_by, attempt=attempt,
@@ -406,10 +435,41 @@ class Scheduler:
                 continue
             runs = sorted((r for r in self.runner.runs.values() if r.spec.task == name), key=lambda r: r.started_at)
             hold = self.held(name)
-            keep = 0 if hold is not None else task.max_instances
+            keep = 0 if hold is not None or task.fleet is not None else task.max_instances
             for run in runs[keep:]:
                 self.runner.terminate(run, f"adopted after a daemon restart, but the task is paused ({hold})"
-                                      if hold is not None else "adopted after a daemon restart, beyond max_instances")
+                                      if hold is not None else
+                                      "adopted after a daemon restart, but where a fleet task runs is etcd's call"
+                                      if task.fleet is not None else
+                                      "adopted after a daemon restart, beyond max_instances")
+
+    # -- the fleet (gotorch.fleet.gate calls these) ----------------------------------------------------
+
+    def _fleet_allows(self, name: str) -> bool:
+        st = self.states.get(name)
+        return st is None or self.fleet is None or self.fleet.may_run(st.task)
+
+    def fleet_start_copies(self, name: str) -> None:
+        """This host now holds the election of daemon task `name`: start its copies."""
+        st = self.states.get(name)
+        if st is not None and st.task.type == "daemon" and not self.stopping:
+            self.supervisor.launch(st)
+
+    def fleet_copies(self, name: str) -> list[int]:
+        """The process groups (leaders' pids) of the runs of `name` going now."""
+        return [r.pid for r in self.runner.runs.values() if r.spec.task == name and r.pid and not r.exited]
+
+    def fleet_stop_copies(self, name: str, reason: str, kill_in: float | None) -> int:
+        """Stop the copies of `name`: TERM, and KILL after `kill_in` s (0: now; None: its kill_timeout)."""
+        runs = [r for r in self.runner.runs.values() if r.spec.task == name]
+        for run in runs:
+            if kill_in == 0:
+                self.runner.kill_now(run, reason)
+                continue
+            self.runner.terminate(run, reason)
+            if kill_in is not None:
+                self.loop.call_later(kill_in, self.runner.kill_now, run, reason)
+        return len(runs)
 
     def _on_run_end(self, run: Run, result: RunResult) -> None:
         st = self.states.get(run.spec.task)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gotorch import accounts, adoption, control, reload_process
+from gotorch import __version__, accounts, adoption, control, reload_process
 from gotorch import log as logmod
 from gotorch.alerts import Alerts
 from gotorch.commands import Commands
@@ -51,6 +51,8 @@ from gotorch.events import (
     TaskNotHere,
     WatchStarted,
 )
+from gotorch.fleet.coordinator import Coordinator
+from gotorch.fleet.gate import FleetGate
 from gotorch.history import DEFAULT_SETTINGS, HistorySettings
 from gotorch.history.recorder import Recorder
 from gotorch.history.writer import HistoryWriter
@@ -138,6 +140,8 @@ class Service:
         self.http = http  # --http: the status page's web process, supervised by self.web
         self.web: WebSupervisor | None = None
         self.metrics: Metrics | None = None
+        self.fleet: FleetGate | None = None  # a `fleet:` block: etcd decides fleet tasks (gotorch.fleet)
+        self._fleet_unsubscribe: Callable[[], None] = lambda: None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -199,8 +203,11 @@ class Service:
                                              t.schedule.text if t.schedule else None))
             for name in skipped:
                 self.bus.publish(TaskNotHere(name))
+            self._set_fleet(self.config)  # before any daemon copy starts: fleet ones wait for their election
             sched.adopt(found.survivors, {n: t for n, (t, _) in here.items()})
             sched.apply(here, at_start=True)
+            if self.fleet is not None:
+                self.fleet.set_tasks(t for t, _ in here.values())
             # What the first reload is told runs (see _reload): pickled once, before any fire. And
             # the code this daemon runs, as it is now: a reload process compares its own with it.
             self._config_blob = pack_config(self.config)
@@ -211,6 +218,8 @@ class Service:
             release_free_memory()  # what the packing and 10,000 start-up log lines left behind
             gc.freeze()
             sched.arm()
+            if self.fleet is not None:
+                self.fleet.start()
             self._prepare_spare()
             if self.on_ready is not None:
                 self.on_ready()
@@ -228,6 +237,8 @@ class Service:
             if self.web is not None:  # first: the runs' shutdown would otherwise kill it as an orphan
                 await self.web.stop()
             await sched.wait_stopped()
+            if self.fleet is not None:  # after our copies are gone: then another host may take them over
+                await loop.run_in_executor(None, self.fleet.stop)
             await self.commands.close()  # a pause answered just before the stop is on disk
             await self._stop_history(loop)
             server.close()
@@ -235,6 +246,56 @@ class Service:
                 self.paths.socket.unlink()
         self.bus.publish(DaemonStopped(os.getpid()))
         return 0
+
+    # -- the fleet ---------------------------------------------------------------------------------
+
+    def host_name(self) -> str:
+        """This host's name in the fleet: TORCH_HOST_NAME, else the host name (with the first address when
+        --host-ips/TORCH_HOST_IPS says which addresses to use: several daemons on one machine stay apart)."""
+        name = os.environ.get("TORCH_HOST_NAME") or socket.gethostname()
+        override = self.host_ips or os.environ.get("TORCH_HOST_IPS")
+        if override and self.addresses and "TORCH_HOST_NAME" not in os.environ:
+            name = f"{name}@{self.addresses[0]}"
+        return name
+
+    def _set_fleet(self, config: Config) -> None:
+        """Make the fleet gate match `config`'s `fleet:` block (none: no gate); start it if the loop runs."""
+        sched, loop = self.scheduler, self.loop
+        assert sched is not None and loop is not None
+        if config.fleet is None:
+            self.fleet = sched.fleet = None
+            return
+        settings, name = config.fleet, self.host_name()
+
+        def host() -> dict[str, Any]:  # the coordinator's thread: plain reads of values the loop replaces whole
+            return {"name": name, "addresses": [str(a) for a in self.addresses], "version": __version__,
+                    "config_hash": self.config.short_hash, "pid": os.getpid()}
+
+        self.fleet = sched.fleet = FleetGate(
+            loop, self.bus, lambda gate: Coordinator(loop, settings, gate, host), new_run_id=sched.new_run_id,
+            next_fire=sched.queue.next_fire, start_copies=sched.fleet_start_copies,
+            stop_copies=sched.fleet_stop_copies, copies=sched.fleet_copies)
+        self.fleet.set_tasks(st.task for st in sched.states.values())
+        self._fleet_unsubscribe = self.bus.subscribe(self.fleet)
+
+    async def _refleet(self, config: Config) -> None:
+        """After a reload: new fleet settings mean a new gate (our elections end); else new tasks."""
+        assert self.scheduler is not None and self.loop is not None
+        old = self.fleet
+        if old is not None and old.coordinator.settings == config.fleet:
+            old.set_tasks(st.task for st in self.scheduler.states.values())
+            return
+        if old is not None:
+            for task in list(old.held):
+                old.deposed(task, "the fleet settings changed")
+            self._fleet_unsubscribe()
+            await self.loop.run_in_executor(None, old.stop)
+        self._set_fleet(config)
+        if self.fleet is not None:
+            self.fleet.start()
+            for st in list(self.scheduler.states.values()):  # copies of fleet tasks wait for their election
+                if st.task.fleet == "once" and st.task.type == "daemon":
+                    self.scheduler.fleet_stop_copies(st.task.name, "fleet: now coordinated through etcd", None)
 
     def _run_uids(self) -> tuple[set[int], dict[str, int]]:
         """Whose processes may be runs (root, us, the tasks' users), and the uid each task runs as."""
@@ -251,7 +312,7 @@ class Service:
     def _find_leftovers(self, uids: set[int], of_task: dict[str, int]) -> adoption.Findings:
         """(A worker thread: it reads the database and /proc.) What the previous daemon left running."""
         history = self.paths.history if self.history_settings is not None else None
-        return adoption.find(history, uids, of_task.get)
+        return adoption.find(history, uids, of_task.get, self.paths.state_dir)
 
     def _start_history(self, loop: asyncio.AbstractEventLoop, adopted: tuple[str, ...] = ()) -> None:
         """STATE/history.db: a writer thread fed by a bus subscriber; runs left open by a crash are lost.
@@ -422,6 +483,7 @@ class Service:
                 self.addresses = outcome.addresses
             self.config = config
             self._config_blob = outcome.blob
+            await self._refleet(config)
             self._half_applied = False  # last: until here the next reload must not diff against the blob
             big = len(outcome.fresh) > 1
             del outcome, hints, part
@@ -532,6 +594,11 @@ class Service:
                 "ok": self.last_reload.ok, "at": _iso(self.last_reload.at), "trigger": self.last_reload.trigger,
                 "errors": self.last_reload.errors},
             "tasks": tasks,
+            "fleet": None if self.fleet is None else self.fleet.status(),
+            # Runs a previous daemon left alive and this one supervises (gotorch.adoption), still going.
+            "adopted_runs": [] if sched is None else [
+                {"task": r.spec.task, "run_id": r.spec.run_id, "pid": r.pid, "started_at": _iso(r.started_at)}
+                for r in sched.runner.runs.values() if r.adopted],
             "pending_runs": [] if self.commands is None else
             [p.to_json() for p in sorted(self.commands.pending.values(), key=lambda p: p.at)],
             # Every hold in force, also on tasks not loaded here (elsewhere, disabled, removed by a reload).

@@ -7,6 +7,7 @@ import calendar
 from gotorch.adoption import OpenRun, Proc, match
 
 T0 = 1_800_000_000.0
+STATE = "/var/lib/torch"
 
 
 def row(run_id: str, pid: int | None, proc_start: int | None = 500, started_at: float | None = T0,
@@ -17,7 +18,7 @@ def row(run_id: str, pid: int | None, proc_start: int | None = 500, started_at: 
 def proc(pid: int, start: int = 500, epoch: float = T0, key: str | None = None, state: str = "S",
          session: int | None = None, uid: int = 0, task: str | None = "backup") -> Proc:
     return Proc(pid, uid, state, pid if session is None else session, start, epoch, key, task,
-                None if key is None else "2027-01-15T08:00:00Z")
+                None if key is None else "2027-01-15T08:00:00Z", STATE)
 
 
 def nothing_known(_ids: list[str]) -> set[str]:
@@ -59,18 +60,24 @@ def test_a_row_without_start_time_needs_the_run_key() -> None:
 def test_an_unrecorded_run_is_found_by_its_key_as_its_session_leader() -> None:
     procs = [proc(50, start=600, key="new"), proc(51, start=601, key="new", session=50),
              proc(60, start=700, key="new")]  # a later setsid'd grandchild: not the run
-    found = match([], procs, nothing_known, root_tasks)
+    found = match([], procs, nothing_known, root_tasks, STATE)
     assert [(s.run_id, s.pid, s.recorded, s.trigger) for s in found.survivors] == [("new", 50, False, "schedule")]
     assert found.survivors[0].scheduled_at == calendar.timegm((2027, 1, 15, 8, 0, 0))
 
 
 def test_a_key_whose_run_ended_is_not_adopted() -> None:
     """A process left behind by a run that ended (`nohup x &` after setsid) is no run."""
-    found = match([], [proc(50, key="old")], lambda ids: {"old"} & set(ids), root_tasks)
+    found = match([], [proc(50, key="old")], lambda ids: {"old"} & set(ids), root_tasks, STATE)
     assert not found.survivors
 
 
 def test_a_process_of_another_user_cannot_pose_as_a_run() -> None:
     """Only the uid the named task runs as counts: another user cannot hold a root task back."""
-    assert not match([], [proc(50, key="x", uid=1000)], nothing_known, root_tasks).survivors
-    assert not match([], [proc(50, key="x", task="unknown")], nothing_known, root_tasks).survivors
+    assert not match([], [proc(50, key="x", uid=1000)], nothing_known, root_tasks, STATE).survivors
+    assert not match([], [proc(50, key="x", task="unknown")], nothing_known, root_tasks, STATE).survivors
+
+
+def test_a_run_of_another_daemon_on_the_host_is_not_adopted() -> None:
+    """Several daemons (state directories) may share a host: each adopts only its own runs."""
+    assert match([], [proc(50, key="x")], nothing_known, root_tasks, STATE).survivors
+    assert not match([], [proc(50, key="x")], nothing_known, root_tasks, "/srv/other-torch").survivors

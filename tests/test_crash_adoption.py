@@ -93,6 +93,8 @@ def test_adopted_runs_count_for_max_instances_across_restarts(crashed: Torch) ->
         assert _leaders("keeper", t.state) == keepers
         assert _leaders("slow", t.state) == slow
         time.sleep(0.1)
+    status = json.loads(t.run("status", "--json").stdout)
+    assert sorted(r["pid"] for r in status["adopted_runs"]) == sorted([*keepers, *slow])
     skipped = t.events("skipped", task="slow", reason="max_instances")
     assert skipped and all(e["blocking_run"] == slow_run for e in skipped)
     assert len((t.tmp / "starts").read_text().split()) == 1  # no new slow run started

@@ -1,0 +1,106 @@
+"""Self-fencing that works when the daemon cannot: a small watchdog process guarding fleet daemon copies.
+
+The holder of a fleet daemon task's election must stop its copies before its etcd lease can
+expire, because then another host starts one. The daemon's loop does that (gate.py), but a daemon
+that is frozen (SIGSTOP, a stalled VM) or killed (-9, OOM) cannot, and its copies would run on
+beside the new holder's. So the daemon also hands each renewal's deadline and the process groups of
+its copies to this watchdog, a separate process that is not frozen with the daemon: it SIGKILLs the
+groups when the deadline passes without a newer one, and at once when the daemon goes away (its
+pipe closes) without saying `exit`.
+
+Protocol (lines on the watchdog's stdin): `arm DEADLINE PGID...` (CLOCK_BOOTTIME seconds; no PGID:
+nothing to guard), `exit` (the daemon stops cleanly: kill nothing), EOF (the daemon died: kill now).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import sys
+import time
+from collections.abc import Iterable
+
+from gotorch import reload_process
+
+
+def _boottime() -> float:
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+class Fence:
+    """The daemon's end: start() the watchdog, arm() it at each renewal, close() at a clean stop."""
+
+    def __init__(self) -> None:
+        self.pid: int | None = None
+        self._fd: int | None = None
+
+    def start(self) -> None:
+        """Start the watchdog (OSError if it cannot be: then only the loop fences)."""
+        r, w = os.pipe()
+        try:
+            self.pid = os.posix_spawn(sys.executable, reload_process.python_argv("gotorch.fleet.fence"),
+                                      reload_process.clean_env(), file_actions=[
+                                          (os.POSIX_SPAWN_DUP2, r, 0),
+                                          (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                                          (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)], setsid=True)
+        except BaseException:
+            os.close(w)
+            raise
+        finally:
+            os.close(r)
+        os.set_blocking(w, False)
+        os.set_inheritable(w, False)
+        self._fd = w
+
+    def arm(self, deadline: float, groups: Iterable[int]) -> None:
+        """Kill `groups` at `deadline` (CLOCK_BOOTTIME) unless armed again before; no groups: disarm."""
+        self._send(f"arm {deadline:.3f} {' '.join(str(g) for g in groups)}\n")
+
+    def close(self) -> None:
+        """A clean stop: the watchdog exits without killing anything."""
+        self._send("exit\n")
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+    def _send(self, line: str) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(BlockingIOError, BrokenPipeError):  # lines are tiny; a full pipe means it hung
+            os.write(self._fd, line.encode())
+
+
+def _kill(groups: list[int]) -> None:
+    for g in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(g, signal.SIGKILL)
+
+
+def main() -> None:
+    """The watchdog: guard the groups it was given until told to exit; kill them when it must."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)  # the daemon's stop must not take the guard down first
+    deadline, buf = 0.0, b""
+    groups: list[int] = []
+    while True:
+        timeout = max(0.0, deadline - _boottime()) if groups else None
+        ready, _, _ = select.select([0], [], [], timeout)
+        if ready:
+            data = os.read(0, 4096)
+            if not data:  # the daemon is gone without a word: its copies must not outlive it
+                _kill(groups)
+                return
+            buf += data
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                words = line.split()
+                if words[:1] == [b"exit"]:
+                    return
+                if words[:1] == [b"arm"] and len(words) >= 2:
+                    deadline, groups = float(words[1]), [int(w) for w in words[2:]]
+        if groups and _boottime() >= deadline:
+            _kill(groups)
+            groups = []
