@@ -771,7 +771,8 @@ def _run_header(row: HistoryRow) -> str:
     if row.ended_at is not None:
         times.append(f"ended {_local_time(row.ended_at)} ({_run_duration(row.duration_s)})")
     how = f" ({how})" if how else ""
-    return f"=== {row.task} run {row.run_id}{how}: {row.status_text()}; {', '.join(times)} ==="
+    error = f"\n{row.error}" if row.error else ""  # why it could not start, or why its end is unknown
+    return f"=== {row.task} run {row.run_id}{how}: {row.status_text()}; {', '.join(times)} ==={error}"
 
 
 _CONTROL = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]")

@@ -91,6 +91,11 @@ def configure(*, file: Path | None = None, stream: TextIO | None = None, as_json
         _level = level
 
 
+def lines_dropped() -> int:
+    """Log lines the log file could not take (disk full, I/O errors) since the daemon started."""
+    return _sink.dropped if isinstance(_sink, SafeFile) else 0
+
+
 def reopen() -> None:
     """Reopen the log file (SIGHUP after an external rotation that did not rename, e.g. copytruncate)."""
     if isinstance(_sink, SafeFile):
@@ -111,6 +116,9 @@ class SafeFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.refused: str | None = None  # why the last reopen failed, if it did
+        self.dropped = 0  # lines that could not be written (a full disk, an I/O error), ever
+        self._unreported = 0  # of those, lost since the last line that could be written
+        self._torn = False  # the last write stopped mid-line: end that line before the next one
         self._retry_at = 0.0
         self._fd = self._open()
 
@@ -133,15 +141,32 @@ class SafeFile:
 
     def _write(self, line: str) -> None:
         data = line.encode("utf-8", "backslashreplace")
+        if self._unreported:
+            # Writing works again (or may): first say how many lines were lost, in the log itself.
+            n = self._unreported
+            self._unreported = 0
+            self._write(json.dumps({"event": "log.lines_lost", "level": "error", "lines": n,
+                                    "message": f"{n} log lines could not be written (disk full or I/O error)",
+                                    "timestamp": _timestamp(time.time())}) + "\n")
+            if self._unreported:  # still failing: that report was lost too, with this line
+                self._unreported = n
+                self._lost()
+                return
         written = 0
         try:
+            if self._torn:
+                # A line cut short by a failed write: end it, so this one is a line of its own.
+                os.write(self._fd, b"\n")
+                self._torn = False
             while written < len(data):
                 written += os.write(self._fd, data[written:])  # O_APPEND: one write per line lands whole
         except OSError:  # a full disk loses lines, never the daemon
-            if 0 < written < len(data):
-                # End the torn line, so that the next one is still a line of its own.
-                with contextlib.suppress(OSError):
-                    os.write(self._fd, b"\n")
+            self._torn = self._torn or 0 < written < len(data)
+            self._lost()
+
+    def _lost(self) -> None:
+        self.dropped += 1
+        self._unreported += 1
 
     def reopen(self) -> None:
         """Switch to a freshly opened file at our path; on failure keep the old one and retry later."""

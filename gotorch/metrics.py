@@ -30,7 +30,8 @@ SNAPSHOT (schema 1), every time a Unix epoch float in seconds:
      "daemon": {"pid": 4242, "up_since": 1767225000.0,
                 "config_generation": 3, "config_hash": "0123456789ab",
                 "last_reload_success": true,     # false while the last reload attempt failed
-                "history_rows_dropped": 0},      # null when history is off (--no-history)
+                "history_rows_dropped": 0,       # null when history is off (--no-history)
+                "log_lines_dropped": 0},         # lines the log file could not take (disk full)
      "buckets": {"duration_seconds": [0.1, ...],          # histogram upper bounds, ascending,
                  "fire_lateness_seconds": [0.001, ...]},  # without +Inf
      "tasks": {"backup": {
@@ -193,6 +194,7 @@ class Snapshot:
     config_hash: str
     last_reload_success: bool
     history_rows_dropped: int | None
+    log_lines_dropped: int
     duration_bounds: tuple[float, ...]
     lateness_bounds: tuple[float, ...]
     tasks: dict[str, TaskMetrics]
@@ -212,7 +214,7 @@ class Snapshot:
             return cls(
                 float(d["taken_at"]), int(daemon["pid"]), float(daemon["up_since"]),
                 int(daemon["config_generation"]), str(daemon["config_hash"]), bool(daemon["last_reload_success"]),
-                None if dropped is None else int(dropped), durations, lateness,
+                None if dropped is None else int(dropped), int(daemon.get("log_lines_dropped", 0)), durations, lateness,
                 {str(name): TaskMetrics.from_json(t, len(durations), len(lateness)) for name, t in d["tasks"].items()})
         except (KeyError, TypeError, AttributeError) as exc:  # a bad number raises ValueError itself
             raise ValueError(f"malformed metrics snapshot: {exc!r}") from exc
@@ -234,6 +236,7 @@ class Metrics:
     def __init__(self, *, task_of: Callable[[str], Task | None], names: Callable[[], Collection[str]],
                  running: Callable[[str], int], next_fire: Callable[[str], int | None], up_since: float,
                  history_dropped: Callable[[], int | None] = lambda: None,
+                 log_dropped: Callable[[], int] = lambda: 0,
                  quiet: Callable[[bool], Awaitable[None]] | None = None, pid: int | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self._task_of = task_of
@@ -242,6 +245,7 @@ class Metrics:
         self._next_fire = next_fire
         self._up_since = up_since
         self._history_dropped = history_dropped
+        self._log_dropped = log_dropped
         self._quiet = quiet
         self._pid = pid
         self._clock = clock
@@ -260,7 +264,7 @@ class Metrics:
 
     @classmethod
     def for_scheduler(cls, sched: Scheduler, *, history_dropped: Callable[[], int | None] = lambda: None,
-                      pid: int | None = None) -> Metrics:
+                      log_dropped: Callable[[], int] = lambda: 0, pid: int | None = None) -> Metrics:
         """Metrics reading the state of `sched` (its tasks, runner and fire queue)."""
         def task_of(name: str) -> Task | None:
             st = sched.states.get(name)
@@ -268,7 +272,7 @@ class Metrics:
 
         return cls(task_of=task_of, names=lambda: sched.states.keys(), running=sched.runner.running_count,
                    next_fire=sched.queue.next_fire, up_since=sched.started_at, history_dropped=history_dropped,
-                   quiet=lambda whole: sched.quiet_moment(whole_second=whole), pid=pid)
+                   log_dropped=log_dropped, quiet=lambda whole: sched.quiet_moment(whole_second=whole), pid=pid)
 
     # -- the subscriber (in the loop, per event: keep it to dict operations) ----------------------------
 
@@ -399,7 +403,7 @@ class Metrics:
             "daemon": {"pid": self._pid if self._pid is not None else os.getpid(), "up_since": self._up_since,
                        "config_generation": self.generation, "config_hash": self.config_hash,
                        "last_reload_success": self.last_reload_success,
-                       "history_rows_dropped": self._history_dropped()},
+                       "history_rows_dropped": self._history_dropped(), "log_lines_dropped": self._log_dropped()},
             "buckets": {"duration_seconds": list(DURATION_BOUNDS), "fire_lateness_seconds": list(LATENESS_BOUNDS)},
             "tasks": tasks,
         }

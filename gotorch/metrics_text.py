@@ -29,6 +29,7 @@ Metrics (every `torch_task_*` carries `task`):
     torch_config_last_reload_success              gauge    1, or 0 while the last reload attempt failed
     torch_config_info{hash}                       gauge    1, labelled with the running config's short hash
     torch_history_rows_dropped_total              counter  history rows lost (absent with --no-history)
+    torch_log_lines_dropped_total                 counter  log lines the log file could not take (disk full)
     torch_up_since_timestamp_seconds              gauge    when the daemon started
     process_*                                     the daemon's CPU, memory, fds and start time
 """
@@ -92,6 +93,8 @@ class SnapshotCollector(Collector):
             yield CounterMetricFamily("torch_history_rows_dropped_total", "Run-history rows that could not be "
                                       "written (queue full, disk full, database unusable).",
                                       value=snap.history_rows_dropped)
+        yield CounterMetricFamily("torch_log_lines_dropped_total", "Log lines that could not be written to the "
+                                  "log file (disk full, I/O error).", value=snap.log_lines_dropped)
         yield GaugeMetricFamily("torch_up_since_timestamp_seconds", "When the daemon started (Unix time).",
                                 value=snap.up_since)
 

@@ -11,9 +11,11 @@ scans on its kill paths, never on spawn).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat as stat_mod
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # the unit of /proc/PID/stat's start time
@@ -29,20 +31,74 @@ class Stat(NamedTuple):
     start: int = 0  # clock ticks after boot: with the pid, names one process for the life of the host
 
 
+# A descriptor held in reserve (reserve_descriptor): a daemon out of descriptors (EMFILE) must still
+# be able to scan /proc on its kill paths, or a run's escaped processes would outlive its timeout
+# and the daemon's stop unseen. A scan gives it up for its duration; each read needs one at a time.
+# It is the daemon's stdin when that is /dev/null: the kernel hands out the lowest free number, and
+# with RLIMIT_NOFILE lowered under the descriptors already open only a low number can be had again.
+_reserve: int | None = None
+
+
+def _is_devnull(fd: int) -> bool:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    return stat_mod.S_ISCHR(st.st_mode) and (os.major(st.st_rdev), os.minor(st.st_rdev)) == (1, 3)
+
+
+def reserve_descriptor() -> None:
+    """Keep one descriptor aside for the scans below (call once, at daemon start)."""
+    global _reserve
+    if _reserve is None:
+        _reserve = 0 if _is_devnull(0) else os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+
+
+@contextlib.contextmanager
+def _room() -> Iterator[None]:
+    """Free the reserved descriptor for the duration of a scan, and take it back after."""
+    global _reserve
+    if _reserve is None:
+        yield
+        return
+    os.close(_reserve)
+    _reserve = None
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):  # someone took it meanwhile: the next scan tries again
+            _reserve = os.open("/dev/null", os.O_RDONLY)  # lowest free: stdin's number, if that was it
+            if _reserve != 0:
+                os.set_inheritable(_reserve, False)
+
+
+def _read(path: str) -> bytes | None:
+    """A /proc file's bytes; None if it cannot be read (gone, not ours), even when out of descriptors."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE) and _reserve is not None:
+            with _room():
+                return _read(path)
+        return None
+
+
 def pids() -> list[int]:
     """Every process id in /proc now (empty if /proc cannot be read)."""
     try:
         return [int(n) for n in os.listdir("/proc") if n.isdigit()]
-    except OSError:
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE) and _reserve is not None:
+            with _room():
+                return pids()
         return []
 
 
 def stat(pid: int) -> Stat | None:
     """State, parent and process group of `pid`, or None if it is gone (or unreadable)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
+    data = _read(f"/proc/{pid}/stat")
+    if data is None:
         return None
     # The command name may contain spaces and parentheses; the fields start after the last ')'.
     fields = data[data.rfind(b")") + 2:].split()
@@ -75,11 +131,7 @@ def start_epoch(start_ticks: int, booted: float) -> float:
 
 def environ(pid: int) -> bytes | None:
     """The raw environment `pid` was exec'd with (NUL-separated), or None if gone or unreadable."""
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return f.read()
-    except OSError:
-        return None
+    return _read(f"/proc/{pid}/environ")
 
 
 def owner(pid: int) -> int | None:
@@ -105,7 +157,8 @@ def alive(pid: int) -> bool:
 
 def children_of(ppid: int) -> list[int]:
     """The processes (zombies included) whose parent is `ppid`: a scan of all of /proc."""
-    return [pid for pid in pids() if (st := stat(pid)) is not None and st.ppid == ppid]
+    with _room():
+        return [pid for pid in pids() if (st := stat(pid)) is not None and st.ppid == ppid]
 
 
 def env_value(environ: bytes, name: str) -> str | None:
@@ -143,15 +196,22 @@ def pids_by_env(name: str, values: Iterable[str], uids: Iterable[int] | None = N
     needle = name.encode() + b"="
     me = os.getpid()
     owners = None if uids is None else set(uids)
+    with _room():
+        return _scan_env(needle, wanted, owners, me)
+
+
+def _scan_env(needle: bytes, wanted: set[str], owners: set[int] | None, me: int) -> dict[str, list[int]]:
+    found: dict[str, list[int]] = {}
     for pid in pids():
         if pid == me:
             continue
         try:
             if owners is not None and os.stat(f"/proc/{pid}").st_uid not in owners:
                 continue
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                environ = f.read()
         except OSError:
+            continue
+        environ = _read(f"/proc/{pid}/environ")
+        if environ is None:
             continue
         value = _find(environ, needle)
         if value is not None and value in wanted:
@@ -161,10 +221,8 @@ def pids_by_env(name: str, values: Iterable[str], uids: Iterable[int] | None = N
 
 def cmdline(pid: int) -> list[str] | None:
     """The argv of `pid`, or None if it is gone or unreadable. A zombie's is empty."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            data = f.read()
-    except OSError:
+    data = _read(f"/proc/{pid}/cmdline")
+    if data is None:
         return None
     # Arguments are NUL-terminated; decoded as the filesystem encoding decodes names (no errors).
     return [os.fsdecode(arg) for arg in data.removesuffix(b"\0").split(b"\0")] if data else []

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gotorch import __version__, accounts, adoption, control, reload_process
+from gotorch import __version__, accounts, adoption, control, procfs, reload_process
 from gotorch import log as logmod
 from gotorch.alerts import Alerts
 from gotorch.commands import Commands
@@ -153,6 +153,7 @@ class Service:
         # (or the watcher thread works): the default 5 ms hand-over would be 5 ms of lateness.
         sys.setswitchinterval(0.0005)
         subreaper = set_child_subreaper()
+        procfs.reserve_descriptor()  # so that a daemon out of descriptors can still find what to kill
         sched = Scheduler(loop, state_dir=self.paths.state_dir, stop_timeout=self.stop_timeout, bus=self.bus)
         self.scheduler = sched
         self.commands = Commands(loop, sched, self.bus, lambda: self.config, lambda: self.addresses,
@@ -162,7 +163,8 @@ class Service:
         self.bus.subscribe(Alerts(loop, sched, self.paths.state_dir))
         # Metrics count from the first event on; the web process fetches snapshots (`metrics` below).
         self.metrics = Metrics.for_scheduler(
-            sched, history_dropped=lambda: self.history.dropped if self.history is not None else None)
+            sched, history_dropped=lambda: self.history.dropped if self.history is not None else None,
+            log_dropped=logmod.lines_dropped)
         self.bus.subscribe(self.metrics)
         self._install_signals(loop, {
             signal.SIGCHLD: sched.runner.reap,

@@ -70,7 +70,7 @@ def test_runs_and_non_runs_are_recorded_and_read_back_with_the_daemon_stopped(to
     got = json.loads(r.stdout)
     assert got and {g["status"] for g in got} == {"failed"} and got[0]["exit_code"] == 3
     assert list(got[0]) == ["run_id", "task", "trigger", "attempt", "scheduled_at", "started_at", "ended_at",
-                            "status", "exit_code", "signal", "duration_s", "lateness_ms", "reason"]
+                            "status", "exit_code", "signal", "duration_s", "lateness_ms", "reason", "error"]
     r = torch_daemon.run("history", "slow", "--all", "--json")
     assert "skipped" in {g["status"] for g in json.loads(r.stdout)}
     r = torch_daemon.run("logs", "ok")

@@ -27,7 +27,7 @@ from tests.conftest import deny_open
 
 T0 = datetime(2027, 1, 1, tzinfo=UTC).timestamp()
 JSON_KEYS = ["run_id", "task", "trigger", "attempt", "scheduled_at", "started_at", "ended_at", "status",
-             "exit_code", "signal", "duration_s", "lateness_ms", "reason"]
+             "exit_code", "signal", "duration_s", "lateness_ms", "reason", "error"]
 _ids = itertools.count(1)
 
 
@@ -256,12 +256,12 @@ def test_row_fields_and_json(state: Path, db: sqlite3.Connection) -> None:
         "run_id": rid, "task": "backup", "trigger": "retry", "attempt": 2,
         "scheduled_at": "2027-01-01T00:00:00+00:00", "started_at": "2027-01-01T00:00:00.250000+00:00",
         "ended_at": "2027-01-01T00:00:02.250000+00:00", "status": "failed", "exit_code": 3, "signal": None,
-        "duration_s": 2.0, "lateness_ms": 250.0, "reason": None,
+        "duration_s": 2.0, "lateness_ms": 250.0, "reason": None, "error": None,
     }
     assert non.to_json() == {
         "run_id": nid, "task": "backup", "trigger": "schedule", "attempt": 1, "scheduled_at": None,
         "started_at": "2027-01-01T00:00:05+00:00", "ended_at": None, "status": "skipped", "exit_code": None,
-        "signal": None, "duration_s": None, "lateness_ms": None, "reason": "max_instances",
+        "signal": None, "duration_s": None, "lateness_ms": None, "reason": "max_instances", "error": None,
     }
     json.dumps(run.to_json())
 

@@ -337,7 +337,7 @@ def test_the_text_has_every_required_metric_with_its_type() -> None:
         "torch_task_consecutive_failures": "gauge", "torch_task_last_run_timestamp_seconds": "gauge",
         "torch_task_last_success_timestamp_seconds": "gauge", "torch_task_next_fire_timestamp_seconds": "gauge",
         "torch_config_generation": "gauge", "torch_config_last_reload_success": "gauge",
-        "torch_config_info": "gauge", "torch_history_rows_dropped": "counter",
+        "torch_config_info": "gauge", "torch_history_rows_dropped": "counter", "torch_log_lines_dropped": "counter",
         "torch_up_since_timestamp_seconds": "gauge",
     }
     assert all(f.documentation for f in families(text).values()), "every metric has its HELP"

@@ -470,7 +470,7 @@ def test_json_has_the_stable_keys() -> None:
     assert got["previous_fire"] == got["scheduled_at"] == "2025-01-15T02:00:00+00:00"
     assert got["next_fire"] == "2025-01-16T02:00:00+00:00" and got["addresses"] == ["127.0.0.1"]
     assert list(got["run"]) == ["run_id", "task", "trigger", "attempt", "scheduled_at", "started_at", "ended_at",
-                                "status", "exit_code", "signal", "duration_s", "lateness_ms", "reason"]
+                                "status", "exit_code", "signal", "duration_s", "lateness_ms", "reason", "error"]
 
 
 # --- the queries ---------------------------------------------------------------------------------

@@ -33,7 +33,8 @@ _HEADER_BYTES = 20
 _BUSY_TIMEOUT_S = 5.0
 
 _ROW_COLUMNS = ("run_id, task, kind, trigger, attempt, scheduled_at, started_at, ended_at, status, exit_code, "
-                "signal, duration_s, lateness_ms, reason")
+                "signal, duration_s, lateness_ms, reason, error")
+_NROW = 15  # columns in _ROW_COLUMNS
 _OUTPUT_COLUMNS = "output_head, output_tail, output_elided, output_bytes, dropped_bytes"
 
 
@@ -80,6 +81,7 @@ class HistoryRow:
     lateness_ms: float | None
     reason: str | None
     output: RunOutput | None = None
+    error: str | None = None  # why it could not start, or what went wrong around it (spawn_failed, lost)
 
     def status_text(self) -> str:
         """`failed (exit 3)`, `killed (SIGTERM)`, `skipped (max_instances)`, `ok`: how people read a status."""
@@ -107,6 +109,7 @@ class HistoryRow:
             "duration_s": self.duration_s,
             "lateness_ms": self.lateness_ms,
             "reason": self.reason,
+            "error": self.error,
         }
 
 
@@ -178,9 +181,9 @@ def open_readonly(path: Path) -> sqlite3.Connection | None:
 
 def _row(values: tuple[Any, ...], output: RunOutput | None = None) -> HistoryRow:
     (run_id, task, kind, trigger, attempt, scheduled_at, started_at, ended_at, status, exit_code, signal,
-     duration_s, lateness_ms, reason) = values
+     duration_s, lateness_ms, reason, error) = values
     return HistoryRow(run_id, task, kind, trigger, attempt, scheduled_at, started_at, ended_at, status, exit_code,
-                      signal, duration_s, lateness_ms, reason, output)
+                      signal, duration_s, lateness_ms, reason, output, error)
 
 
 def _placeholders(n: int) -> str:
@@ -242,10 +245,10 @@ def runs_with_output(db: sqlite3.Connection, task: str, run_id: str | None, n: i
     params.append(n)
     rows = []
     for r in db.execute(sql, params):
-        head, tail, elided, nbytes, dropped = r[14:]
+        head, tail, elided, nbytes, dropped = r[_NROW:]
         # The daemon writes BLOBs; a TEXT value (hand-written rows, other tools) is still shown.
         out = RunOutput(_as_bytes(head), _as_bytes(tail), int(elided or 0), int(nbytes or 0), int(dropped or 0))
-        rows.append(_row(r[:14], out))
+        rows.append(_row(r[:_NROW], out))
     rows.reverse()  # read newest first to apply the limit; shown oldest first, like a log
     return rows
 
@@ -255,8 +258,8 @@ def run_with_output(db: sqlite3.Connection, run_id: str) -> HistoryRow | None:
     r = db.execute(f"SELECT {_ROW_COLUMNS}, {_OUTPUT_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
     if r is None:
         return None
-    head, tail, elided, nbytes, dropped = r[14:]
-    return _row(r[:14], RunOutput(_as_bytes(head), _as_bytes(tail), int(elided or 0), int(nbytes or 0),
+    head, tail, elided, nbytes, dropped = r[_NROW:]
+    return _row(r[:_NROW], RunOutput(_as_bytes(head), _as_bytes(tail), int(elided or 0), int(nbytes or 0),
                                   int(dropped or 0)))
 
 
@@ -338,7 +341,7 @@ def fire_records(db: sqlite3.Connection, task: str, scheduled_at: float, jitter:
     stop_after: float | None = None
     # The cursor steps through the index lazily: leaving the loop early leaves the rest unread.
     for n, values in enumerate(db.execute(sql, (task, scheduled_at - _FIRE_EARLY_S))):
-        rec = FireRecord(_row(values[:14]), *values[14:])
+        rec = FireRecord(_row(values[:_NROW]), *values[_NROW:])
         started = rec.row.started_at
         if n >= FIRE_SCAN_MAX or (stop_after is not None and started is not None and started > stop_after):
             break
