@@ -417,6 +417,11 @@ class _Fatal(Exception):
 _STR_TAG = "tag:yaml.org,2002:str"
 
 
+def _clip(text: str, limit: int = 80) -> str:
+    """`text` cut to `limit` characters: an error quotes a value, never all of what its aliases expand to."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _str_pair(x: object) -> bool:
     return type(x) is tuple and len(x) == 2 and type(x[0]) is str and type(x[1]) is str
 
@@ -531,7 +536,13 @@ class _Walker:
             return {self.value(k, depth + 1): self.value(v, depth + 1) for k, v in self._pairs(node)}
         if isinstance(node, yaml.SequenceNode):
             return [self.value(n, depth + 1) for n in node.value]
-        return self.loader.construct_object(node, deep=True)
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except (KeyError, AttributeError, TypeError, ValueError) as exc:
+            # An explicit standard tag on text it cannot be (`!!bool maybe`, `!!timestamp x`): PyYAML's
+            # constructors fail in their own ways; this is the file's error, not ours.
+            raise _Fatal(node, f"{node.tag.rsplit(':', 1)[-1]} value {_clip(repr(node.value))} cannot be read "
+                               f"({type(exc).__name__})", "remove the tag, or write a value of that type") from None
 
     def _pairs(self, node: yaml.MappingNode) -> list[tuple[yaml.Node, yaml.Node]]:
         # Merge keys (`<<: *common`) are legitimate YAML reuse: flatten them the way PyYAML would.

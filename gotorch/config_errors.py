@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+MAX_MESSAGE = 500  # characters of a problem or hint
+
 
 @dataclass(frozen=True, slots=True)
 class ConfigError:
@@ -21,6 +23,14 @@ class ConfigError:
     problem: str
     hint: str = ""
     task: str | None = None
+
+    def __post_init__(self) -> None:
+        # A message quotes values, and a value may be what thousands of YAML aliases expand to: cap
+        # it, or one invalid file of a few KB makes a log line (and a status reply) of many MB.
+        for name in ("problem", "hint"):
+            text = getattr(self, name)
+            if len(text) > MAX_MESSAGE:
+                object.__setattr__(self, name, f"{text[:MAX_MESSAGE]}... ({len(text)} characters in all)")
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}:{self.col}: " if self.line else f"{self.file}: "

@@ -119,6 +119,7 @@ class Service:
         self.reloads = 0  # completed reload attempts, so `torch reload` can tell when its own one is done
         self._reloading = False
         self._reload_again = False
+        self._again_trigger = "file"
         # Whether a queued (or retried) reload must wait for the file to settle: a watcher-seen edit
         # may be half-written, and so may whatever a retry re-reads after it.
         self._settle_again = False
@@ -422,6 +423,7 @@ class Service:
             return
         if self._reloading:
             self._reload_again = True
+            self._again_trigger = trigger  # what the queued reload is logged as: the latest ask
             self._settle_again = self._settle_again or settle
             return
         self._reloading = True
@@ -516,7 +518,7 @@ class Service:
                 self.notify(f"READY=1\nSTATUS={self._status_line()}")
                 if self._reload_again:
                     settle_again, self._reload_again, self._settle_again = self._settle_again, False, False
-                    self.request_reload(trigger, settle=settle_again)
+                    self.request_reload(self._again_trigger, settle=settle_again)
                 else:
                     self._prepare_spare()
 
