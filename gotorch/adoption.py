@@ -31,6 +31,7 @@ from gotorch.history import query
 
 RUN_KEY_VAR = "TORCH_RUN_KEY"
 TASK_VAR = "TORCH_TASK"
+RUN_TASK_VAR = "TORCH_RUN_TASK"  # the run's own task (an alert hook's TORCH_TASK names the task it reports on)
 SCHEDULED_VAR = "TORCH_SCHEDULED_AT"
 STATE_VAR = "TORCH_STATE_DIR"  # which daemon a run belongs to: several may share a host
 # How far a process's start may be from the started_at its row records (taken just after the exec)
@@ -186,15 +187,20 @@ def _known(db: sqlite3.Connection | None, ids: list[str]) -> set[str]:
 
 def _proc(pid: int, booted: float, uids: set[int] | None) -> Proc | None:
     """`pid` as adoption sees it; None if gone, or (with `uids`) owned by someone else."""
-    uid = procfs.owner(pid)
-    if uid is None or (uids is not None and uid not in uids):
+    owner = procfs.owner(pid)
+    if owner is None or (uids is not None and owner not in uids):
         return None
     st = procfs.stat(pid)
-    if st is None:
+    ids = procfs.uids(pid)
+    if st is None or ids is None:
         return None
+    # The uid that counts is one the process holds in every slot (real, effective, saved, fs): a
+    # user's setuid `su` waiting for a password shows as root's in /proc, but is still the user's.
+    uid = ids[0] if len(set(ids)) == 1 else -1
     env = procfs.environ(pid) or b""
+    task = procfs.env_value(env, RUN_TASK_VAR) or procfs.env_value(env, TASK_VAR)
     return Proc(pid, uid, st.state, st.session, st.start, procfs.start_epoch(st.start, booted),
-                procfs.env_value(env, RUN_KEY_VAR), procfs.env_value(env, TASK_VAR),
+                procfs.env_value(env, RUN_KEY_VAR), task,
                 procfs.env_value(env, SCHEDULED_VAR), procfs.env_value(env, STATE_VAR))
 
 

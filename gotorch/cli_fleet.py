@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -64,7 +63,7 @@ def plan_cmd(file: str | None, config_opt: str | None, hosts_text: str, as_json:
 @config_option
 @json_option
 def status_cmd(file: str | None, config_opt: str | None, as_json: bool) -> None:
-    """Live hosts, who holds each fleet daemon task and who ran each fleet cron task last (from etcd)."""
+    """Live hosts, who holds each fleet daemon task and who claimed each fleet cron task's last fire (etcd)."""
     from gotorch.cli import _load_or_exit, resolve_config
     from gotorch.fleet.etcd import Etcd, Unreachable
 
@@ -96,7 +95,7 @@ def status_cmd(file: str | None, config_opt: str | None, as_json: bool) -> None:
         table.append((h["name"], ",".join(h["addresses"]), str(h["version"]), str(h["config_hash"]), skew,
                       " ".join(flags)))
     _print_table(table)
-    rows: list[tuple[str, ...]] = [("TASK", "TYPE", "HELD BY / LAST RUN")]
+    rows: list[tuple[str, ...]] = [("TASK", "TYPE", "HELD BY / LAST CLAIMED BY")]
     for name, held in report["daemon_tasks"].items():
         token = f" (token {held['token']})" if held["host"] else ""
         rows.append((name, "daemon", f"{held['host'] or 'nobody'}{token}"))
@@ -111,18 +110,21 @@ def status_cmd(file: str | None, config_opt: str | None, as_json: bool) -> None:
 def _report(config_hash: str, cluster: str, hosts: list[KeyValue], elections: list[KeyValue],
             fires: list[KeyValue], tasks: Iterable[Task]) -> dict[str, Any]:
     """The JSON of `fleet status` from the keys read (pure)."""
-    hashes = Counter(str(h.value.get("config_hash")) for h in hosts)
     out_hosts = []
     for h in sorted(hosts, key=lambda kv: kv.key):
         v = h.value
-        skew = v.get("skew")
+        try:  # what a host wrote: trust its shape no more than its clock
+            skew = None if v.get("skew") is None else float(v["skew"])
+        except (TypeError, ValueError):
+            skew = None
+        addresses = v.get("addresses")
         out_hosts.append({
-            "name": v.get("name", h.key.rsplit("/", 1)[-1]), "addresses": list(v.get("addresses", [])),
+            "name": str(v.get("name", h.key.rsplit("/", 1)[-1])),
+            "addresses": [str(a) for a in addresses] if isinstance(addresses, list) else [],
             "version": v.get("version"), "config_hash": v.get("config_hash"), "pid": v.get("pid"),
             "clock_skew_s": skew,
-            "stale": v.get("config_hash") != config_hash or (len(hashes) > 1 and hashes[str(v.get("config_hash"))] <
-                                                              max(hashes.values())),
-            "skewed": skew is not None and abs(float(skew)) > SKEW_WARN_S,
+            "stale": v.get("config_hash") != config_hash,  # not on the task file this command was given
+            "skewed": skew is not None and abs(skew) > SKEW_WARN_S,
         })
     held = {e.key.rsplit("/", 1)[-1]: e for e in elections}
     last: dict[str, tuple[int, dict[str, Any]]] = {}

@@ -134,6 +134,20 @@ def environ(pid: int) -> bytes | None:
     return _read(f"/proc/{pid}/environ")
 
 
+def uids(pid: int) -> tuple[int, ...] | None:
+    """The real, effective, saved and filesystem uids of `pid` (/proc/PID/status), or None."""
+    data = _read(f"/proc/{pid}/status")
+    if data is None:
+        return None
+    for line in data.splitlines():
+        if line.startswith(b"Uid:"):
+            try:
+                return tuple(int(x) for x in line.split()[1:])
+            except ValueError:
+                return None
+    return None
+
+
 def owner(pid: int) -> int | None:
     """The uid owning /proc/PID (the process's effective uid, unless it is not dumpable), or None."""
     try:

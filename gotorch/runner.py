@@ -242,6 +242,7 @@ def build_env(spec: RunSpec) -> dict[str, str]:
         env.pop("TORCH_SCHEDULED_AT", None)
     env.update(spec.report_env)
     env[RUN_KEY_VAR] = spec.run_id
+    env["TORCH_RUN_TASK"] = spec.task  # the run's own task (a hook's TORCH_TASK is the one it reports on)
     return env
 
 
@@ -516,10 +517,7 @@ class Runner:
         run.adopted, run.proc_start = True, proc_start
         self._runs[spec.run_id] = run
         self._counts[spec.task] = self._counts.get(spec.task, 0) + 1
-        for name, fd in _reattach_output(pid):
-            stream = _Stream(name, open(fd, "rb", buffering=0))  # noqa: SIM115 (closed by _close_stream)
-            run._streams.append(stream)
-            self._watch(run, stream)
+        alive = True
         try:
             pidfd = os.pidfd_open(pid)
         except OSError:  # kernel < 5.3, or it is gone already: a poll notices either
@@ -529,7 +527,13 @@ class Runner:
             self._loop.add_reader(pidfd, self._adopted_exit, run)
             st = procfs.stat(pid)
             if st is None or st.start != proc_start:  # it died (and the pid was reused) since it was found
+                alive = False
                 self._loop.call_soon(self._adopted_exit, run)
+        # Its pipes only once the pidfd pins the process and its start time says it is the run's.
+        for name, fd in _reattach_output(pid) if alive else ():
+            stream = _Stream(name, open(fd, "rb", buffering=0))  # noqa: SIM115 (closed by _close_stream)
+            run._streams.append(stream)
+            self._watch(run, stream)
         if spec.timeout is not None:  # its clock started with the run, not with this daemon
             run._timeout_handle = self._loop.call_later(max(0.0, spec.timeout - (now - started_at)),
                                                         self._on_timeout, run)

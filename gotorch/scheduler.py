@@ -283,7 +283,7 @@ class Scheduler:
                     self.bus.publish(FireFailed(a.task.name, _iso(a.scheduled), exc))
         self.queue.settle()
         if self.fleet is not None:  # after the fires: claim the next ones, well ahead of their boundary
-            self.fleet.prepare(math.floor(wall), lambda name: self.held(name) is not None)
+            self.fleet.prepare(math.floor(wall), lambda name: self.held(name) is not None, self._busy)
         errors: list[TaskError] = []
         for a in actions:
             if isinstance(a, Missed):
@@ -322,6 +322,10 @@ class Scheduler:
             return
         if fire.caught_up:
             self.bus.publish(CaughtUp(task.name, _iso(fire.scheduled), round(time.time() - fire.scheduled, 3)))
+        if task.fleet is not None and self.fleet is None:  # between two gates (a reload of the fleet settings)
+            self.bus.publish(Skipped(task.name, _iso(fire.scheduled), "fleet_unreachable",
+                                     detail="the fleet settings are being applied"))
+            return
         if self.fleet is not None and self.fleet.is_fleet(task):
             scheduled = fire.scheduled
             self.fleet.fire(task, scheduled, lambda run_id: self._fleet_go(task, scheduled, run_id),
@@ -445,9 +449,17 @@ class Scheduler:
 
     # -- the fleet (gotorch.fleet.gate calls these) ----------------------------------------------------
 
+    def _busy(self, name: str) -> bool:
+        st = self.states.get(name)
+        return st is not None and (self.runner.running_count(name) + self.delayed.pending(name)
+                                   >= st.task.max_instances)
+
     def _fleet_allows(self, name: str) -> bool:
         st = self.states.get(name)
-        return st is None or self.fleet is None or self.fleet.may_run(st.task)
+        if st is None or not (st.task.fleet == "once" and st.task.type == "daemon"):
+            return True
+        # No gate yet (a reload is adding the `fleet:` block): nothing runs before an election says so.
+        return self.fleet is not None and self.fleet.may_run(st.task)
 
     def fleet_start_copies(self, name: str) -> None:
         """This host now holds the election of daemon task `name`: start its copies."""

@@ -241,6 +241,7 @@ class Service:
                 await self.web.stop()
             await sched.wait_stopped()
             if self.fleet is not None:  # after our copies are gone: then another host may take them over
+                self.fleet.close_fence()
                 await loop.run_in_executor(None, self.fleet.stop)
             await self.commands.close()  # a pause answered just before the stop is on disk
             await self._stop_history(loop)
@@ -289,16 +290,17 @@ class Service:
             old.set_tasks(st.task for st in self.scheduler.states.values())
             return
         if old is not None:
+            # New settings (another etcd, cluster or TTL): our elections end with the old lease, so
+            # our copies go now (KILL: a TERM's grace would outlive the lease we are about to revoke).
             for task in list(old.held):
                 old.deposed(task, "the fleet settings changed")
             self._fleet_unsubscribe()
+            self.fleet = self.scheduler.fleet = None  # no claims to a coordinator that is stopping
+            old.close_fence()
             await self.loop.run_in_executor(None, old.stop)
-        self._set_fleet(config)
+        self._set_fleet(config)  # fleet daemon copies wait for the new gate's elections (_fleet_allows)
         if self.fleet is not None:
             self.fleet.start()
-            for st in list(self.scheduler.states.values()):  # copies of fleet tasks wait for their election
-                if st.task.fleet == "once" and st.task.type == "daemon":
-                    self.scheduler.fleet_stop_copies(st.task.name, "fleet: now coordinated through etcd", None)
 
     def _run_uids(self) -> tuple[set[int], dict[str, int]]:
         """Whose processes may be runs (root, us, the tasks' users), and the uid each task runs as."""

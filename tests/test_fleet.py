@@ -94,6 +94,9 @@ class FakeCoordinator:
     def start(self) -> None:
         pass
 
+    def release_claim(self, task: str, instant: int, revision: int) -> None:
+        pass
+
 
 def _gate(loop: asyncio.AbstractEventLoop, events: list[Event], next_fire: int) -> tuple[FleetGate, FakeCoordinator]:
     fake = FakeCoordinator()
@@ -114,9 +117,9 @@ def test_the_gate_claims_ahead_and_decides_each_fire_by_the_answer() -> None:
                                                                   fleet=False).tasks[0].schedule)
         gate, fake = _gate(loop, events, next_fire=2_000_000_001)
         gate.set_tasks([t])
-        gate.prepare(2_000_000_000, lambda _n: False)
+        gate.prepare(2_000_000_000, lambda _n: False, lambda _n: False)
         assert fake.claims == [("tick", 2_000_000_001, "r1")]
-        gate.prepare(2_000_000_000, lambda _n: False)  # asked once only
+        gate.prepare(2_000_000_000, lambda _n: False, lambda _n: False)  # asked once only
         assert len(fake.claims) == 1
         started: list[str] = []
         skipped: list[tuple[str, str]] = []
@@ -131,9 +134,28 @@ def test_the_gate_claims_ahead_and_decides_each_fire_by_the_answer() -> None:
         gate.fire(t, 2_000_000_003, go, skip)
         assert skipped[-1] == ("fleet_unreachable", "etcd did not answer")
         run_anyway = Task("tick", "true", fleet="once", fleet_unreachable="run", schedule=t.schedule)
+        # `run` runs it here only while etcd is known to be down: a slow answer may be another's win.
         gate.claimed("tick", 2_000_000_004, "r4", None, "etcd did not answer")
         gate.fire(run_anyway, 2_000_000_004, go, skip)
+        assert len(started) == 1 and skipped[-1][0] == "fleet_unreachable"
+        gate.reachable_changed(False, "connection refused")
+        gate.claimed("tick", 2_000_000_005, "r5", None, "etcd is unreachable")
+        gate.fire(run_anyway, 2_000_000_005, go, skip)
         assert len(started) == 2 and any(isinstance(e, FleetUnreachableRun) for e in events)
+    finally:
+        loop.close()
+
+
+def test_a_busy_or_paused_host_does_not_claim() -> None:
+    """A host that won an instant and then skipped it for max_instances would leave it run nowhere."""
+    loop = asyncio.new_event_loop()
+    try:
+        t = Task("tick", "true", fleet="once")
+        gate, fake = _gate(loop, [], next_fire=2_000_000_001)
+        gate.set_tasks([t])
+        gate.prepare(2_000_000_000, lambda _n: False, lambda _n: True)
+        gate.prepare(2_000_000_000, lambda _n: True, lambda _n: False)
+        assert fake.claims == []
     finally:
         loop.close()
 
@@ -159,7 +181,7 @@ def test_a_fleet_daemon_task_may_run_only_where_it_is_held_and_renewed() -> None
         plain = Task("other", "x", type="daemon")
         gate.set_tasks([d, plain])
         assert gate.may_run(plain) and not gate.may_run(d)
-        gate.prepare(0, lambda _n: False)
+        gate.prepare(0, lambda _n: False, lambda _n: False)
         from gotorch.fleet.coordinator import boottime
         gate.renewed(boottime())
         gate.elected("svc", 42)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import threading
 import time
@@ -32,6 +33,9 @@ SKEW_EVERY_S = 30.0
 CAMPAIGN_EVERY_S = 0.5  # how often a host that does not hold an election tries to take it
 FIRE_LEASE_REUSE_S = 60.0
 MIN_FIRE_KEY_S = 600.0  # fire keys outlive their instant by at least this (and twice the task's interval)
+# A claim for an instant older than this is refused: its key may have expired, and another host may
+# have run it (a catch-up after a stall is younger than this and is claimed as usual).
+CLAIM_MAX_AGE_S = MIN_FIRE_KEY_S / 2
 
 
 def boottime() -> float:
@@ -67,6 +71,7 @@ class _ClaimRequest:
     instant: int
     run_id: str
     key_ttl: float
+    release: int = 0  # not a claim: delete the key if it is still the one created at this revision
 
 
 @dataclass
@@ -103,6 +108,9 @@ class Coordinator:
         self._thread: threading.Thread | None = None
         self._st = _State()
         self.name = str(host().get("name", "?"))
+        # Which daemon (and gate) made a claim: an instant claimed by this host's previous incarnation
+        # (restarted, or its fleet settings reloaded, just before the boundary) was never run by it.
+        self.incarnation = os.urandom(6).hex()
 
     # -- the loop's side --
 
@@ -121,6 +129,10 @@ class Coordinator:
     def claim(self, task: str, instant: int, run_id: str, interval: float) -> None:
         """Ask etcd for `task`'s fire at `instant` (answer: Answers.claimed)."""
         self._requests.put(_ClaimRequest(task, instant, run_id, max(MIN_FIRE_KEY_S, 2 * interval)))
+
+    def release_claim(self, task: str, instant: int, revision: int) -> None:
+        """Give back a fire won too late to be run (so that nobody reads it as run by us)."""
+        self._requests.put(_ClaimRequest(task, instant, "", 0, revision))
 
     def set_elections(self, tasks: frozenset[str]) -> None:
         """The daemon tasks this host campaigns for (those not here or on hold are let go)."""
@@ -167,11 +179,20 @@ class Coordinator:
                     reqs.append(self._requests.get_nowait())
                 except queue.Empty:
                     break
+            last_step = boottime()
             for r in reqs:
                 if r is None or self._stop.is_set():
                     break
                 if r.task:
-                    self._claim(r)
+                    try:
+                        self._claim(r)
+                    except Exception as exc:  # a bug must not end coordination silently
+                        self._post(self._answers.claimed, r.task, r.instant, r.run_id, None,
+                                   f"{type(exc).__name__}: {exc}")
+                if boottime() - last_step >= period:  # a burst of claims must not hold up the keep-alive
+                    with contextlib.suppress(Exception):
+                        self._step()
+                    last_step = boottime()
         self._shutdown()
 
     def _reachable(self, ok: bool, error: str | None) -> None:
@@ -242,25 +263,43 @@ class Coordinator:
 
     def _claim(self, r: _ClaimRequest) -> None:
         st = self._st
-        if st.reachable is False or r.instant < time.time() - 1:
-            # Known down (the steps find out when it is back), or too late to matter: answer at once
-            # rather than let a queue of timeouts build up behind a dead etcd.
+        key = f"{self.settings.prefix}fires/{r.task}/{r.instant}"
+        if r.release:
+            with contextlib.suppress(Unreachable):
+                self._etcd().delete_if_created(key, r.release)
+            return
+        if st.reachable is False or r.instant < time.time() - CLAIM_MAX_AGE_S:
+            # Known down (the steps find out when it is back), or too old to claim safely: answer at
+            # once rather than let a queue of timeouts build up behind a dead etcd.
             self._post(self._answers.claimed, r.task, r.instant, r.run_id, None,
-                       "etcd is unreachable" if st.reachable is False else "the claim came too late")
+                       "etcd is unreachable" if st.reachable is False else "the fire is too old to claim")
             return
+        value = {"host": self.name, "run_id": r.run_id, "at": time.time(), "incarnation": self.incarnation}
         try:
-            etcd = self._etcd()
-            wall = time.time()
-            if st.fire_lease is None or st.fire_lease_until - wall < r.key_ttl:
-                grant = r.key_ttl + FIRE_LEASE_REUSE_S
-                st.fire_lease = etcd.grant(grant)
-                st.fire_lease_until = wall + grant
-            claim = etcd.create(f"{self.settings.prefix}fires/{r.task}/{r.instant}",
-                                {"host": self.name, "run_id": r.run_id, "at": wall}, st.fire_lease)
+            claim = self._create(key, value, r.key_ttl)
         except Unreachable as exc:
-            self._post(self._answers.claimed, r.task, r.instant, r.run_id, None, str(exc))
-            return
+            if "not found" not in str(exc).lower():
+                self._post(self._answers.claimed, r.task, r.instant, r.run_id, None, str(exc))
+                return
+            st.fire_lease = None  # the lease went (revoked, etcd restored): a new one, once
+            try:
+                claim = self._create(key, value, r.key_ttl)
+            except Unreachable as again:
+                self._post(self._answers.claimed, r.task, r.instant, r.run_id, None, str(again))
+                return
+        holder = claim.holder
+        if not claim.won and holder.get("host") == self.name and holder.get("incarnation") != self.incarnation:
+            claim = Claim(True, holder, claim.revision)  # ours from before a restart: it never ran it
         self._post(self._answers.claimed, r.task, r.instant, r.run_id, claim, None)
+
+    def _create(self, key: str, value: dict[str, Any], key_ttl: float) -> Claim:
+        st, etcd = self._st, self._etcd()
+        wall = time.time()
+        if st.fire_lease is None or st.fire_lease_until - wall < key_ttl:
+            grant = key_ttl + FIRE_LEASE_REUSE_S
+            st.fire_lease = etcd.grant(grant)
+            st.fire_lease_until = wall + grant
+        return etcd.create(key, value, st.fire_lease)
 
     def _shutdown(self) -> None:
         """Give our elections back at once (revoking the lease deletes their keys) rather than after the TTL."""

@@ -121,7 +121,7 @@ class Etcd:
                     self._authenticate(client)
                 result: dict[str, Any] = client.post(client.get_url(path), json=body)
             except self._exceptions as exc:
-                if "invalid auth token" in str(exc) or "token" in str(exc).lower():
+                if any(w in str(exc).lower() for w in ("token", "auth store is old", "permission denied")):
                     self._token = None  # expired (etcd restarted): authenticate again next time
                 last = exc
                 continue
@@ -135,6 +135,8 @@ class Etcd:
     def _authenticate(self, client: Any) -> None:
         assert self.settings.password_file is not None and self.settings.username is not None
         password = _trusted(self.settings.password_file, SECRET_LIMIT).decode("utf-8", "replace").strip()
+        for c in self._clients:  # a stale token on the request makes some etcd releases refuse it
+            c.session.headers.pop("Authorization", None)
         result = client.post(client.get_url("/auth/authenticate"),
                              json={"name": self.settings.username, "password": password})
         self._token = str(result["token"])
@@ -212,7 +214,8 @@ class Etcd:
     def clock_skew(self) -> float:
         """How far our clock is ahead of the etcd server's (seconds; +-0.5 s: HTTP dates are whole seconds)."""
         last: Exception | None = None
-        for client in self._clients:
+        n = len(self._clients)
+        for client in (self._clients[(self._current + i) % n] for i in range(n)):  # the one that answers first
             try:
                 t0 = time.time()
                 resp = client.session.get(client.base_url + "/version", timeout=self.timeout)

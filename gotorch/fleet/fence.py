@@ -35,6 +35,7 @@ class Fence:
     def __init__(self) -> None:
         self.pid: int | None = None
         self._fd: int | None = None
+        self.dead = False  # its pipe broke: the watchdog is gone (the gate starts another)
 
     def start(self) -> None:
         """Start the watchdog (OSError if it cannot be: then only the loop fences)."""
@@ -69,8 +70,15 @@ class Fence:
     def _send(self, line: str) -> None:
         if self._fd is None:
             return
-        with contextlib.suppress(BlockingIOError, BrokenPipeError):  # lines are tiny; a full pipe means it hung
-            os.write(self._fd, line.encode())
+        try:
+            os.write(self._fd, line.encode())  # one line, under PIPE_BUF for up to ~500 groups: atomic
+        except BlockingIOError:  # a full pipe: it hangs; the next renewal tries again
+            pass
+        except OSError:  # it died
+            self.dead = True
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
 
 
 def _kill(groups: list[int]) -> None:
@@ -86,7 +94,9 @@ def main() -> None:
     deadline, buf = 0.0, b""
     groups: list[int] = []
     while True:
-        timeout = max(0.0, deadline - _boottime()) if groups else None
+        # select() sleeps on CLOCK_MONOTONIC, which stops during a suspend; the deadline is on
+        # CLOCK_BOOTTIME, which does not: wake often enough to notice time that passed asleep.
+        timeout = min(0.25, max(0.0, deadline - _boottime())) if groups else None
         ready, _, _ = select.select([0], [], [], timeout)
         if ready:
             data = os.read(0, 4096)
@@ -100,7 +110,8 @@ def main() -> None:
                 if words[:1] == [b"exit"]:
                     return
                 if words[:1] == [b"arm"] and len(words) >= 2:
-                    deadline, groups = float(words[1]), [int(w) for w in words[2:]]
+                    with contextlib.suppress(ValueError):  # a garbled line changes nothing
+                        deadline, groups = float(words[1]), [int(w) for w in words[2:]]
         if groups and _boottime() >= deadline:
             _kill(groups)
             groups = []

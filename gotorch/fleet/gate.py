@@ -42,7 +42,7 @@ from gotorch.fleet.fence import Fence
 from gotorch.schedule import next_fire_ts
 
 CLAIM_AHEAD_S = 2  # claim a fire this many seconds before it is due
-WAIT_S = 1.0  # a fire with no answer yet waits this long for one
+WAIT_S = 3.0  # a fire with no answer yet waits this long for one
 FENCE_TERM = 0.7  # of the TTL since the last keep-alive: TERM our copies
 FENCE_KILL_BEFORE_S = 1.0  # ... and KILL them this long before the lease can expire
 FENCE_CHECK_S = 0.1
@@ -89,6 +89,10 @@ class FleetGate:
         self._asked: set[tuple[str, int]] = set()
         self._waiting: dict[tuple[str, int], _Pending] = {}
         self.held: dict[str, int] = {}  # daemon task -> fencing token (election key's create revision)
+        # Tasks whose copies are being stopped (deposed, paused, removed): their election key is kept,
+        # and the watchdog guards them, until the last copy has ended; only then is the key given up.
+        self._draining: set[str] = set()
+        self._wanted: frozenset[str] = frozenset()
         self.last_run: dict[str, dict[str, Any]] = {}
         self.renewed_at: float | None = None
         self.reachable: bool | None = None
@@ -102,20 +106,42 @@ class FleetGate:
         """Start talking to etcd."""
         self.coordinator.start()
 
-    def stop(self) -> None:
-        """Stop (off the loop's critical path: the caller runs it in an executor), after our copies ended."""
+    def close_fence(self) -> None:
+        """At a clean stop, in the loop, after our copies ended: the watchdog exits without killing."""
         if self._fence is not None:
             self._fence.close()
+            self._fence = None
+
+    def stop(self) -> None:
+        """Stop talking to etcd (blocking: the caller runs it in an executor), after close_fence()."""
         self.coordinator.stop()
 
     def __call__(self, event: Event) -> None:
         """A bus subscriber: a copy of a task we hold started or ended: the watchdog guards the new set."""
-        if isinstance(event, (RunStarted, RunEnded)) and event.task in self.held:
+        if isinstance(event, (RunStarted, RunEnded)) and (event.task in self.held or event.task in self._draining):
+            if isinstance(event, RunEnded) and event.task in self._draining:
+                self._drained(event.task)
             self._rearm()
+
+    def _drained(self, task: str) -> None:
+        """A draining task's copies may all have ended: then give its election up (or let it be taken)."""
+        if task in self._draining and not self._copies(task):
+            self._draining.discard(task)
+            self.coordinator.resign(task)
+            self._push_elections()
+
+    def _push_elections(self) -> None:
+        elections = self._wanted | self._draining
+        if elections != self._elections:
+            self._elections = elections
+            self.coordinator.set_elections(elections)
 
     def _rearm(self) -> None:
         """Tell the watchdog the deadline of the last renewal and the process groups of our copies."""
-        if self._fence is None and self.held and not self._fence_failed:
+        if self._fence is not None and self._fence.dead:
+            self._fence = None  # it died: start another one
+        guarded = [*self.held, *self._draining]
+        if self._fence is None and guarded and not self._fence_failed:
             fence = Fence()
             try:
                 fence.start()
@@ -126,7 +152,7 @@ class FleetGate:
                 self._fence = fence
         if self._fence is not None:
             since = self.renewed_at if self.renewed_at is not None else boottime()
-            groups = [pid for task in self.held for pid in self._copies(task)]
+            groups = [pid for task in guarded for pid in self._copies(task)]
             self._fence.arm(since + self.ttl - FENCE_KILL_BEFORE_S, groups)
 
     def set_tasks(self, tasks: Iterable[Task]) -> None:
@@ -135,7 +161,9 @@ class FleetGate:
         self._cron = {t.name: t for t in fleet if t.type == "cron"}
         daemons = {t.name: t for t in fleet if t.type == "daemon"}
         for name in [n for n in self.held if n not in daemons]:
-            del self.held[name]  # its copies were retired by the reload itself
+            del self.held[name]  # its copies were retired by the reload itself: hold the key until they end
+            self._draining.add(name)
+            self._drained(name)
         self._daemons = daemons
 
     def is_fleet(self, task: Task) -> bool:
@@ -144,19 +172,23 @@ class FleetGate:
 
     # -- cron fires --
 
-    def prepare(self, now: int, paused: Callable[[str], bool]) -> None:
-        """Each tick: claim the fires due soon; campaign for the daemon tasks not on hold."""
+    def prepare(self, now: int, paused: Callable[[str], bool], busy: Callable[[str], bool]) -> None:
+        """Each tick: claim the fires due soon; campaign for the daemon tasks not on hold.
+
+        A task on hold here, or already at its max_instances here, is not claimed: a host that won
+        an instant and then skipped it would leave it run nowhere.
+        """
         for name, task in self._cron.items():
             nf = self._next_fire(name)
-            if nf is None or nf - now > CLAIM_AHEAD_S or (name, nf) in self._asked or paused(name):
+            if nf is None or nf - now > CLAIM_AHEAD_S or (name, nf) in self._asked or paused(name) or busy(name):
                 continue
             self._ask(task, nf)
-        elections = frozenset(n for n in self._daemons if not paused(n))
-        if elections != self._elections:
-            self._elections = elections
-            for name in [n for n in self.held if n not in elections]:
+        wanted = frozenset(n for n in self._daemons if not paused(n))
+        if wanted != self._wanted:
+            self._wanted = wanted
+            for name in [n for n in self.held if n not in wanted]:
                 self._depose(name, "paused", None)
-            self.coordinator.set_elections(elections)
+        self._push_elections()
         # Answers nobody came for (a fire skipped for max_instances, a reload): forget them.
         for key in [k for k in self._claims if k[1] < now - 60]:
             del self._claims[key]
@@ -193,6 +225,19 @@ class FleetGate:
         if p is not None:
             self._unreachable(p.task, key[1], f"etcd did not answer within {WAIT_S:g} s", p.go, p.skip)
 
+    def _unreachable(self, task: Task, instant: int, error: str, go: Callable[[str], None],
+                     skip: Callable[[str, str], None]) -> None:
+        """No answer: `fleet_unreachable` decides, but `run` only while etcd is known to be down.
+
+        A slow or failing answer from an etcd that is up may still be another host's win: running
+        here then could run the fire twice, so it is skipped.
+        """
+        if task.fleet_unreachable == "run" and self.reachable is False:
+            self._bus.publish(FleetUnreachableRun(task.name, _iso(instant), error))
+            go(self._new_run_id())
+        else:
+            skip("fleet_unreachable", error)
+
     def _decide(self, task: Task, instant: int, answer: tuple[str, Claim | None, str | None],
                 go: Callable[[str], None], skip: Callable[[str, str], None]) -> None:
         run_id, claim, error = answer
@@ -207,13 +252,6 @@ class FleetGate:
                                         "scheduled": instant}
             skip("fleet", f"run by {holder.get('host', '?')} (run {holder.get('run_id', '?')})")
 
-    def _unreachable(self, task: Task, instant: int, error: str, go: Callable[[str], None],
-                     skip: Callable[[str, str], None]) -> None:
-        if task.fleet_unreachable == "run":
-            self._bus.publish(FleetUnreachableRun(task.name, _iso(instant), error))
-            go(self._new_run_id())
-        else:
-            skip("fleet_unreachable", error)
 
     # -- Answers (from the coordinator, in the loop) --
 
@@ -226,6 +264,10 @@ class FleetGate:
             self._decide(p.task, instant, (run_id, claim, error), p.go, p.skip)
         elif instant >= int(time.time()) - 1:
             self._claims[key] = (run_id, claim, error)
+        elif claim is not None and claim.won:
+            # Won after the fire gave up on it: let it go, so that a host whose claim is still on its
+            # way may take it rather than see it as run by us.
+            self.coordinator.release_claim(task, instant, claim.revision)
 
     def renewed(self, at: float) -> None:
         """The host lease lives on: the fencing clock restarts from `at`."""
@@ -235,8 +277,8 @@ class FleetGate:
 
     def elected(self, task: str, token: int) -> None:
         """We hold `task`: start its copies (each gets TORCH_FLEET_TOKEN)."""
-        if task not in self._daemons or task not in self._elections:
-            return
+        if task not in self._daemons or task not in self._wanted or task in self._draining:
+            return  # the key is given up once the old copies have ended (_drained)
         self.held[task] = token
         self._bus.publish(FleetElected(task, token))
         self._start_copies(task)
@@ -252,7 +294,10 @@ class FleetGate:
             return
         stopped = self._stop_copies(task, f"fleet: {reason}", kill_in)
         self._bus.publish(FleetDeposed(task, reason, stopped))
-        self._rearm()  # the watchdog still guards them until the deadline: our KILL may be pending
+        # The key stays ours (and the watchdog keeps guarding them) until the last copy has ended.
+        self._draining.add(task)
+        self._drained(task)
+        self._rearm()
 
     def reachable_changed(self, ok: bool, error: str | None) -> None:
         """(Answers.reachable) etcd answers, or stopped answering."""
@@ -267,12 +312,12 @@ class FleetGate:
     # -- self-fencing --
 
     def _arm_fence(self) -> None:
-        if self._fence_handle is None and self.held:
+        if self._fence_handle is None and (self.held or self._draining):
             self._fence_handle = self._loop.call_later(FENCE_CHECK_S, self._check_fence)
 
     def _check_fence(self) -> None:
         self._fence_handle = None
-        if not self.held:
+        if not self.held and not self._draining:
             return
         since = boottime() - (self.renewed_at if self.renewed_at is not None else 0.0)
         if since >= self.ttl * FENCE_TERM:
@@ -281,7 +326,9 @@ class FleetGate:
             for task in list(self.held):
                 self._depose(task, f"no etcd keep-alive for {since:.1f} s (lease {self.ttl:g} s): self-fenced",
                              kill_in)
-                self.coordinator.resign(task)
+            for task in self._draining:  # copies being stopped for another reason: before the lease ends too
+                if self._copies(task):
+                    self._stop_copies(task, "fleet: no etcd keep-alive: self-fenced", kill_in)
         self._arm_fence()
 
     def status(self) -> dict[str, Any]:
