@@ -467,9 +467,10 @@ class Scheduler:
         if st is not None and st.task.type == "daemon" and not self.stopping:
             self.supervisor.launch(st)
 
-    def fleet_copies(self, name: str) -> list[int]:
-        """The process groups (leaders' pids) of the runs of `name` going now."""
-        return [r.pid for r in self.runner.runs.values() if r.spec.task == name and r.pid and not r.exited]
+    def fleet_copies(self, name: str) -> list[tuple[int, str]]:
+        """The process groups (leaders' pids) and run ids of the runs of `name` going now."""
+        return [(r.pid, r.spec.run_id) for r in self.runner.runs.values()
+                if r.spec.task == name and r.pid and not r.exited]
 
     def fleet_stop_copies(self, name: str, reason: str, kill_in: float | None) -> int:
         """Stop the copies of `name`: TERM, and KILL after `kill_in` s (0: now; None: its kill_timeout)."""

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+import subprocess
 import textwrap
+import time
 from typing import Any
 
 import pytest
@@ -190,3 +195,52 @@ def test_a_fleet_daemon_task_may_run_only_where_it_is_held_and_renewed() -> None
         assert not gate.may_run(d)
     finally:
         loop.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+def _copy(run_id: str) -> tuple[subprocess.Popen[bytes], int]:
+    """A fake fleet copy: a session of its own, and a process that setsid'd away from it."""
+    env = {**os.environ, "TORCH_RUN_KEY": run_id}
+    p = subprocess.Popen(["/bin/sh", "-c", "setsid sleep 300 & echo $!; exec sleep 300"], env=env,
+                         stdout=subprocess.PIPE, start_new_session=True)
+    assert p.stdout is not None
+    escaped = int(p.stdout.readline())
+    return p, escaped
+
+
+@pytest.mark.parametrize("how", ["deadline", "daemon died"])
+def test_the_fence_watchdog_kills_guarded_copies_and_their_escaped_processes(how: str) -> None:
+    from gotorch.fleet.coordinator import boottime
+    from gotorch.fleet.fence import Fence
+
+    run_id = f"fence-test-{os.getpid()}-{how.replace(' ', '-')}"
+    copy, escaped = _copy(run_id)
+    fence = Fence()
+    fence.start()
+    try:
+        deadline = boottime() + (0.5 if how == "deadline" else 60)
+        fence.arm(deadline, [copy.pid], [run_id])
+        time.sleep(0.2)
+        assert _alive(copy.pid) and _alive(escaped)
+        if how == "daemon died":
+            assert fence._fd is not None
+            os.close(fence._fd)  # as when the daemon is killed -9: its end of the pipe closes
+            fence._fd = None
+        copy.wait(timeout=10)
+        end = time.monotonic() + 10
+        while _alive(escaped) and time.monotonic() < end:
+            time.sleep(0.05)
+        assert not _alive(escaped)
+    finally:
+        fence.close()
+        for pid in (copy.pid, escaped):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        copy.wait(timeout=10)

@@ -8,8 +8,11 @@ its copies to this watchdog, a separate process that is not frozen with the daem
 groups when the deadline passes without a newer one, and at once when the daemon goes away (its
 pipe closes) without saying `exit`.
 
-Protocol (lines on the watchdog's stdin): `arm DEADLINE PGID...` (CLOCK_BOOTTIME seconds; no PGID:
-nothing to guard), `exit` (the daemon stops cleanly: kill nothing), EOF (the daemon died: kill now).
+Protocol (lines on the watchdog's stdin): `arm DEADLINE PGID... -- RUNID...` (CLOCK_BOOTTIME
+seconds; no PGID: nothing to guard), `exit` (the daemon stops cleanly: kill nothing), EOF (the
+daemon died: kill now). Killing is what the runner does: each process group, then every process
+carrying one of the run ids in TORCH_RUN_KEY (those that left their group: setsid, double fork),
+scanning /proc again while that finds any.
 """
 
 from __future__ import annotations
@@ -55,9 +58,10 @@ class Fence:
         os.set_inheritable(w, False)
         self._fd = w
 
-    def arm(self, deadline: float, groups: Iterable[int]) -> None:
-        """Kill `groups` at `deadline` (CLOCK_BOOTTIME) unless armed again before; no groups: disarm."""
-        self._send(f"arm {deadline:.3f} {' '.join(str(g) for g in groups)}\n")
+    def arm(self, deadline: float, groups: Iterable[int], run_ids: Iterable[str] = ()) -> None:
+        """Kill `groups` (and `run_ids`' escaped processes) at `deadline` (CLOCK_BOOTTIME) unless armed
+        again before; no groups: disarm."""
+        self._send(f"arm {deadline:.3f} {' '.join(str(g) for g in groups)} -- {' '.join(run_ids)}\n")
 
     def close(self) -> None:
         """A clean stop: the watchdog exits without killing anything."""
@@ -81,10 +85,21 @@ class Fence:
             self._fd = None
 
 
-def _kill(groups: list[int]) -> None:
+def _kill(groups: list[int], run_ids: list[str]) -> None:
     for g in groups:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(g, signal.SIGKILL)
+    if not run_ids:
+        return
+    from gotorch import procfs  # only when it must kill: the watchdog stays small while it waits
+
+    for _ in range(6):  # a pass that kills nobody ends it (an escaped process may fork meanwhile)
+        found = [p for pids in procfs.pids_by_env("TORCH_RUN_KEY", run_ids).values() for p in pids]
+        for p in found:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(p, signal.SIGKILL)
+        if not found:
+            return
 
 
 def main() -> None:
@@ -93,6 +108,7 @@ def main() -> None:
         signal.signal(sig, signal.SIG_IGN)  # the daemon's stop must not take the guard down first
     deadline, buf = 0.0, b""
     groups: list[int] = []
+    run_ids: list[str] = []
     while True:
         # select() sleeps on CLOCK_MONOTONIC, which stops during a suspend; the deadline is on
         # CLOCK_BOOTTIME, which does not: wake often enough to notice time that passed asleep.
@@ -101,7 +117,7 @@ def main() -> None:
         if ready:
             data = os.read(0, 4096)
             if not data:  # the daemon is gone without a word: its copies must not outlive it
-                _kill(groups)
+                _kill(groups, run_ids)
                 return
             buf += data
             while b"\n" in buf:
@@ -111,7 +127,9 @@ def main() -> None:
                     return
                 if words[:1] == [b"arm"] and len(words) >= 2:
                     with contextlib.suppress(ValueError):  # a garbled line changes nothing
-                        deadline, groups = float(words[1]), [int(w) for w in words[2:]]
+                        sep = words.index(b"--") if b"--" in words else len(words)
+                        deadline, groups = float(words[1]), [int(w) for w in words[2:sep]]
+                        run_ids = [w.decode() for w in words[sep + 1:]]
         if groups and _boottime() >= deadline:
-            _kill(groups)
-            groups = []
+            _kill(groups, run_ids)
+            groups, run_ids = [], []

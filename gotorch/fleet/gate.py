@@ -70,7 +70,7 @@ class FleetGate:
                  coordinator_factory: Callable[[FleetGate], Coordinator], *, new_run_id: Callable[[], str],
                  next_fire: Callable[[str], int | None],
                  start_copies: Callable[[str], None], stop_copies: Callable[[str, str, float | None], int],
-                 copies: Callable[[str], list[int]]) -> None:
+                 copies: Callable[[str], list[tuple[int, str]]]) -> None:
         self._loop = loop
         self._bus = bus
         self._new_run_id = new_run_id
@@ -152,8 +152,9 @@ class FleetGate:
                 self._fence = fence
         if self._fence is not None:
             since = self.renewed_at if self.renewed_at is not None else boottime()
-            groups = [pid for task in guarded for pid in self._copies(task)]
-            self._fence.arm(since + self.ttl - FENCE_KILL_BEFORE_S, groups)
+            copies = [c for task in guarded for c in self._copies(task)]
+            self._fence.arm(since + self.ttl - FENCE_KILL_BEFORE_S, [pid for pid, _ in copies],
+                            [run_id for _, run_id in copies])
 
     def set_tasks(self, tasks: Iterable[Task]) -> None:
         """The fleet tasks that run on this host (after start and each reload)."""
