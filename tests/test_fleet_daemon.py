@@ -257,8 +257,9 @@ def test_fleet_unreachable_run_runs_everywhere_while_etcd_is_down(tmp_path: Path
         etcd.stop()
         for t in f.hosts:
             t.wait_event("fleet.unreachable_run", task="tick", timeout=30)
-        counts = Counter(_ticks(f))
-        assert max(counts.values()) == 3  # each host ran one of them, as asked
+        # Once every host knows etcd is down, each runs every fire, as asked (while it only seemed
+        # slow, they skipped: a late answer may be another host's win).
+        wait_until(lambda: max(Counter(_ticks(f)).values()) == 3, 30, what="a second run by all three hosts")
     finally:
         f.stop()
 
