@@ -177,7 +177,10 @@ def test_log_line_torn_by_a_full_disk_does_not_swallow_the_next_line(tmp_path: P
         monkeypatch.setattr(os, "write", real_write)
         log.configure(stream=io.StringIO())
     lines = path.read_text().splitlines()
-    assert len(lines) == 2 and json.loads(lines[1])["event"] == "second", lines
+    # The torn line is ended; the write that failed is reported (one line lost: the newline's write
+    # failed with it, so "first" stays torn) before the next line, which is whole.
+    assert len(lines) == 3 and json.loads(lines[2])["event"] == "second", lines
+    assert json.loads(lines[1])["event"] == "log.lines_lost" and json.loads(lines[1])["lines"] == 1, lines
 
 
 class _Ev:

@@ -252,6 +252,7 @@ def test_environment_is_clean(h: Harness, monkeypatch: pytest.MonkeyPatch) -> No
         "TORCH_RUN_ID": run.spec.run_id,
         "TORCH_SCHEDULED_AT": "2027-03-28T01:00:00Z",
         "TORCH_RUN_KEY": run.spec.run_id,
+        "TORCH_RUN_TASK": "envtask",
     }
     (start,) = h.events("run.start", run.spec.run_id)
     assert start["scheduled_at"] == "2027-03-28T01:00:00Z"
