@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from run import _compile_recorder, _lateness_ms, _pct, _torch, _torch_tasks
+from table import Row
 
 from gotorch.history import DB_NAME, schema
 from gotorch.history.query import history, open_readonly
@@ -141,8 +142,8 @@ def _mode(label: str, results: list[Result]) -> tuple[float, float]:
     return p50, p99
 
 
-def bench_runs_with_history(tmp: Path) -> None:
-    """200 runs/s with history on and off, interleaved; figures per run, then per mode."""
+def bench_runs_with_history(tmp: Path) -> list[Row]:
+    """200 runs/s with history on and off, interleaved; figures per run, then per mode; returns the main ones."""
     recorder = _compile_recorder(tmp)
     order = [True, False] * REPEATS
     print(f"history: {PER_SECOND} runs/s (recorder, no output), window {WINDOW} s per run, history on/off "
@@ -199,6 +200,14 @@ def bench_runs_with_history(tmp: Path) -> None:
     if runs:
         print(f"  database size: {size / runs * 100_000 / 1e6:.1f} MB per 100,000 runs "
               f"({size:,} bytes for {runs:,} runs, history.db + -wal after stop)")
+    group = f"history, {PER_SECOND} runs/s"
+    return [Row(group, "p99 lateness, history on - off (ms, per pair)",
+                [_pct(a.lateness, 99) - _pct(b.lateness, 99) for a, b in zip(on_runs, off_runs, strict=False)],
+                ("max", P99_COST_TARGET_MS)),
+            Row(group, "p99 lateness with history on (ms)", [_pct(r.lateness, 99) for r in on_runs]),
+            Row(group, "p99 lateness with history off (ms)", [_pct(r.lateness, 99) for r in off_runs]),
+            Row(group, "rows dropped (per run)", [float(r.dropped) for r in on_runs], ("max", 0)),
+            Row(group, "daemon CPU with history on (% of a core)", [r.cpu for r in on_runs])]
 
 
 def _build_db(path: Path) -> float:
@@ -255,7 +264,7 @@ def _fmt(ms: list[float]) -> str:
     return f"median {statistics.median(ms):6.1f} ms (min {min(ms):.1f}, max {max(ms):.1f}, {len(ms)} runs)"
 
 
-def bench_query(tmp: Path) -> None:
+def bench_query(tmp: Path) -> list[Row]:
     """`torch history TASK` on a 1,000,000-row database: the CLI as a subprocess, and the query in process."""
     state = tmp / "query-state"
     state.mkdir(mode=0o700)
@@ -299,10 +308,10 @@ def bench_query(tmp: Path) -> None:
     print(f"  in process: open_readonly + history()            {_fmt(full_ms)}")
     print(f"  in process: history() alone, 20 rows             {_fmt(query_ms)}")
     print(f"  in process: history() alone, all {QUERY_ROWS // QUERY_TASKS:,} rows (--all --limit 0) {_fmt(all_ms)}")
+    return [Row("history", f"`torch history TASK` on {QUERY_ROWS:,} rows (ms)", cli_ms, ("below", QUERY_TARGET_MS))]
 
 
-def bench_history() -> None:
+def bench_history() -> list[Row]:
     """Both parts, in one temporary directory."""
     with tempfile.TemporaryDirectory(prefix="torch-bench-") as tmp:
-        bench_runs_with_history(Path(tmp))
-        bench_query(Path(tmp))
+        return bench_runs_with_history(Path(tmp)) + bench_query(Path(tmp))

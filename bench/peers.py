@@ -21,9 +21,10 @@ Parts (all by default; choose with `python3 dev.py bench peers PART...` or BENCH
           the 1/s task's worst lateness from trigger-2 s to trigger+5 s; medians of a run's reloads
   check   torch only: `torch check -c FILE` on the 10k set, wall time, median of 3
   100k    torch only: 100,000 daily tasks loaded: start to daemon.start, RSS
-For each of BENCH_REPEATS repeats (default 2), each part runs floor, aps and torch one after the
-other; each figure is printed per contender as median [min..max] over the repeats, with torch/floor
-and torch/aps (ratios of the medians) and the target. Lateness counts the fires of whole seconds
+For each of BENCH_PEERS_REPEATS, else BENCH_REPEATS, repeats (default 2), each part runs floor, aps
+and torch one after the other; the table at the end (bench/table.py) gives each figure per contender
+as median [min..max] over the repeats, with torch/floor and torch/aps (ratios of the medians) and the
+target. Lateness counts the fires of whole seconds
 inside the window: BENCH_SECONDS (default 30), after SETTLE seconds from the contender being ready.
 """
 
@@ -42,14 +43,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from math import ceil, floor, inf, isnan, nan
+from math import ceil, floor, inf, nan
 from pathlib import Path
 
 import psutil
-from run import HERE, _compile_recorder, _lateness_ms, _pct, _torch
+from run import HERE, _compile_recorder, _lateness_ms, _pct, _torch, torch_code
+from table import Row, Target, print_rows
 
 WINDOW = int(os.environ.get("BENCH_SECONDS", "30"))
-REPEATS = int(os.environ.get("BENCH_REPEATS", "2"))
+REPEATS = int(os.environ.get("BENCH_PEERS_REPEATS") or os.environ.get("BENCH_REPEATS", "2"))
 SETTLE = 3.0  # seconds from ready to the start of the window
 RELOADS = 3
 CONTENDERS = ("floor", "aps", "torch")
@@ -227,7 +229,7 @@ PARTS: dict[str, tuple[str, Callable[[str, Path, Path], Figures]]] = {
 }
 # Rows per part: figure key, label, and the target: ("floor", x) torch <= x times the floor's median,
 # ("max", x) torch's median <= x, None: reported only.
-ROWS: dict[str, list[tuple[str, str, tuple[str, float] | None]]] = {
+ROWS: dict[str, list[tuple[str, str, Target]]] = {
     "1tps": [("p50", "p50 lateness (ms)", None), ("p99", "p99 lateness (ms)", ("floor", 1.1))],
     "10k": [("p99", "p99 lateness (ms)", ("floor", 1.1)), ("cpu", "CPU (% of a core)", ("max", 0.25)),
             ("rss", "RSS (MB)", ("max", 50)), ("fires", "fires / due", None)],
@@ -242,32 +244,13 @@ ROWS: dict[str, list[tuple[str, str, tuple[str, float] | None]]] = {
 }
 
 
-def _cell(values: list[float]) -> str:
-    if not values:
-        return "-"
-    return f"{statistics.median(values):.2f} [{min(values):.2f}..{max(values):.2f}]"
+def _rows(name: str, results: dict[str, dict[str, list[float]]]) -> list[Row]:
+    return [Row(PARTS[name][0], label, results["torch"][key], target, results["floor"][key], results["aps"][key])
+            for key, label, target in ROWS[name]]
 
 
-def _ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}x" if b and not isnan(a) and not isnan(b) else "-"
-
-
-def _print_part(name: str, results: dict[str, dict[str, list[float]]]) -> None:
-    print(PARTS[name][0])
-    for key, label, target in ROWS[name]:
-        med = {k: statistics.median(results[k][key]) if results[k][key] else nan for k in CONTENDERS}
-        cells = "  ".join(f"{k} {_cell(results[k][key]):<24}" for k in CONTENDERS)
-        verdict = "-"
-        if target:
-            kind, x = target
-            limit = x * med["floor"] if kind == "floor" else x
-            verdict = (f"<= {x:g}x floor" if kind == "floor" else f"<= {x:g}") + \
-                f" {'PASS' if med['torch'] <= limit else 'FAIL'}"
-        print(f"  {label:<44} {cells} torch/floor {_ratio(med['torch'], med['floor']):>6}  "
-              f"torch/aps {_ratio(med['torch'], med['aps']):>6}  target {verdict}")
-
-
-def _torch_only(d: Path, rec: Path, parts: list[str]) -> None:
+def _torch_only(d: Path, rec: Path, parts: list[str]) -> list[Row]:
+    rows = []
     if "check" in parts:
         cfg = d / "check" / "tasks.yaml"
         cfg.parent.mkdir()
@@ -275,12 +258,10 @@ def _torch_only(d: Path, rec: Path, parts: list[str]) -> None:
         times = []
         for _ in range(3):
             t0 = time.perf_counter()
-            subprocess.run([str(Path(sys.executable).parent / "torch"), "check", "-c", str(cfg)],
-                           check=True, capture_output=True)
+            subprocess.run([sys.executable, "-m", "gotorch", "check", "-c", str(cfg)],
+                           check=True, capture_output=True, env=torch_code(), cwd=d)
             times.append(time.perf_counter() - t0)
-        med = statistics.median(times)
-        print(f"torch check of the 10k file: {_cell(times)} s (median of 3)  target <= 1.0 s "
-              f"{'PASS' if med <= 1.0 else 'FAIL'}")
+        rows.append(Row("torch alone", "`torch check` of the 10k file (s, 3 runs)", times, ("max", 1.0)))
     if "100k" in parts:
         sub = d / "100k"
         sub.mkdir()
@@ -289,11 +270,13 @@ def _torch_only(d: Path, rec: Path, parts: list[str]) -> None:
             time.sleep(SETTLE)
             rss = p.memory_info().rss / 1e6
         start = next(_when(e) for e in _events(sub) if e.get("event") == "daemon.start")
-        print(f"torch with 100,000 tasks loaded: start to daemon.start {start - t0:.1f} s, RSS {rss:.0f} MB "
-              "(report only)")
+        rows += [Row("torch alone", "100,000 tasks: start to daemon.start (s)", [start - t0]),
+                 Row("torch alone", "100,000 tasks: RSS (MB)", [rss])]
+    return rows
 
 
-def bench_peers(parts: list[str]) -> None:
+def bench_peers(parts: list[str]) -> list[Row]:
+    """The chosen parts, printed as they run and then as one table; returns the table's rows."""
     unknown = set(parts) - set(PARTS) - {"check", "100k"}
     if unknown:
         sys.exit(f"unknown peers part(s) {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}, check, 100k")
@@ -316,6 +299,6 @@ def bench_peers(parts: list[str]) -> None:
                         results[name][kind][key].append(v)
                     print(f"  run {rep + 1} {name} {kind}: " + ", ".join(f"{k} {v:.2f}" for k, v in got.items())
                           + f" (load before {load:.1f})", flush=True)
-        for name in peers:
-            _print_part(name, results[name])
-        _torch_only(d, rec, parts)
+        rows = [row for name in peers for row in _rows(name, results[name])] + _torch_only(d, rec, parts)
+    print_rows(rows, title="peers: cells median [min..max] over repeats; ratios of torch's median to the others'")
+    return rows

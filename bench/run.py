@@ -29,19 +29,39 @@ Scenarios:
             torch/floor and torch/APScheduler, the target and PASS/FAIL. Its parts can be run alone:
             part names after `peers` (`python3 dev.py bench peers 1tps burst`) or
             BENCH_PEERS=1tps,burst; parts: 1tps 10k burst idle reload check 100k.
+  fleet     a `fleet: once` 1/s task on 3 daemons sharing one etcd (Debian's etcd-server, on loopback) vs
+            the same task without fleet on the same 3 daemons: p50/p99/max lateness, instants run twice
+            or nowhere (bench/fleet.py; skipped when etcd is not installed)
+  all       load, peers (every part), hostile, history, http and fleet, each printing as above, then one table of
+            every figure: torch's median [min..max] over repeats (or pairs or runs, as the row says), the
+            floor's and APScheduler's where they ran the same, torch/floor, torch/aps, target, PASS/FAIL
+            (bench/table.py); and the figures of $TORCH_FUZZ_REPORT, if that file exists (JSON written
+            by `TORCH_FUZZ_REPORT=PATH python -m pytest tests/test_reload_fuzz.py`). `--quick` (any
+            scenario): BENCH_SECONDS=10, BENCH_REPEATS=1 and BENCH_PEERS_REPEATS=2 unless set: `all
+            --quick` takes 10-15 minutes on 2 cores.
+  soak      not in CI, nor in `all` or the default set: 50 runs/s with output and history, a reload every
+            10 s, for BENCH_SOAK_SECONDS (default 1800): slopes of the daemon's RSS and fds, zombies,
+            missed and doubled fires (bench/soak.py)
 Set BENCH_SECONDS to change the measuring window of each scenario (default 30; history: 60 per run).
+With no scenario named: load runs reload hostile reload-memory history http peers.
+Every daemon runs a copy of gotorch/ taken when the benchmark starts (see `torch_code`), so edits to
+the checkout during a long run do not change the code measured, nor fail its reloads.
 """
 
 from __future__ import annotations
 
+import atexit
+import compileall
 import contextlib
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -52,11 +72,12 @@ import psutil
 sys.path.insert(0, str(Path(__file__).parent))
 
 from gen import task_file
+from table import Row, print_rows
 
 from gotorch.config import load_config
 
 
-def bench_load() -> None:
+def bench_load() -> list[Row]:
     """Time `load_config` (YAML + validation + first next-fire of every schedule) on 10,000 tasks."""
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "tasks.yaml"
@@ -69,6 +90,7 @@ def bench_load() -> None:
         size = path.stat().st_size
     print(f"load: 10,000 tasks ({size / 1e6:.1f} MB, {len(cfg.tasks)} valid): "
           f"best {min(times):.2f} s, median {statistics.median(times):.2f} s (target <= 3 s)")
+    return [Row("load", "parse + validate 10,000 tasks (s, 3 runs)", times, ("max", 3.0))]
 
 
 HERE = Path(__file__).resolve().parent
@@ -113,6 +135,25 @@ def _torch_tasks(recorder: Path, record: Path, due: list[str], idle: int) -> str
     return "\n".join(lines) + "\n"
 
 
+def torch_code() -> dict[str, str]:
+    """The environment for a `python -m gotorch` that runs the code as it was when the benchmark began.
+
+    A copy of the gotorch package (compiled), made once per benchmark process and removed at exit:
+    the daemons started over a long run (and their reload processes, which must run the very code
+    the daemon runs) are then unaffected by edits to the checkout meanwhile. Run the command outside
+    the checkout: `-m` puts the working directory first on sys.path.
+    """
+    code = os.environ.get("BENCH_TORCH_CODE")  # this module is imported twice (as __main__ and as run)
+    if not code:
+        code = tempfile.mkdtemp(prefix="torch-bench-code-")
+        atexit.register(shutil.rmtree, code, True)
+        shutil.copytree(HERE.parent / "gotorch", Path(code) / "gotorch",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        compileall.compile_dir(Path(code) / "gotorch", quiet=1)
+        os.environ["BENCH_TORCH_CODE"] = code
+    return dict(os.environ, PYTHONPATH=code)
+
+
 @contextlib.contextmanager
 def _torch(d: Path, tasks: str, args: tuple[str, ...] = ()) -> Iterator[tuple[psutil.Process, Path]]:
     """torch in the foreground on `tasks` (and `args` to `torch start`), ready (daemon.start logged).
@@ -125,9 +166,9 @@ def _torch(d: Path, tasks: str, args: tuple[str, ...] = ()) -> Iterator[tuple[ps
     cfg = d / "etc" / "tasks.yaml"
     cfg.write_text(tasks)
     log = open(d / "torch.log", "wb")  # noqa: SIM115
-    env = dict(os.environ, TORCH_STATE_DIR=str(d / "state"), TORCH_HOST_IPS="127.0.0.1")
+    env = dict(torch_code(), TORCH_STATE_DIR=str(d / "state"), TORCH_HOST_IPS="127.0.0.1")
     proc = subprocess.Popen([sys.executable, "-m", "gotorch", "start", "--foreground", "-c", str(cfg), *args],
-                            stdout=log, stderr=log, env=env)
+                            stdout=log, stderr=log, env=env, cwd=d)  # not the checkout's gotorch, first on sys.path
     try:
         while b"daemon.start" not in (d / "torch.log").read_bytes():
             if proc.poll() is not None:
@@ -269,7 +310,42 @@ def bench_reload() -> None:
     print(f"  worst lateness of the 1/s task during the window: {worst:.1f} ms")
 
 
-def bench_hostile() -> None:
+HOSTILE_REJECT_S = 10.0  # each hostile file rejected within this long of the rename (0.5 s of it debounce)
+HOSTILE_GROWTH_MB = 5.0  # the daemon's RSS after all of them, against before
+HOSTILE_CHILD_MB = 1150.0  # the reload child's highest RSS seen: its address space is capped at ~26 MB + 1 GiB
+
+
+class _PeakChildRss:
+    """The highest RSS of any child of `p` (the reload process), sampled every 20 ms in a thread.
+
+    Finding the children scans all of /proc (~6 ms of CPU): done every 0.5 s only, which finds the
+    reload process, started ahead of time, before it is given a file; its RSS is read every 20 ms.
+    """
+
+    def __init__(self, p: psutil.Process) -> None:
+        self.p, self.peak_mb, self.stop = p, 0.0, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        children: list[psutil.Process] = []
+        tick = 0
+        while not self.stop.wait(0.02):
+            if tick % 25 == 0:
+                with contextlib.suppress(psutil.Error):
+                    children = self.p.children()
+            tick += 1
+            for c in children:
+                with contextlib.suppress(psutil.Error):
+                    self.peak_mb = max(self.peak_mb, c.memory_info().rss / 1e6)
+
+    def close(self) -> float:
+        self.stop.set()
+        self.thread.join()
+        return self.peak_mb
+
+
+def bench_hostile() -> list[Row]:
     """A 1/s task while hostile files are put in the task file's place: none may delay or skip a fire."""
     def sparse(size: int) -> Callable[[Path], None]:
         def make(p: Path) -> None:
@@ -298,6 +374,7 @@ def bench_hostile() -> None:
             time.sleep(3)
             first = int(time.time())
             rss0 = p.memory_info().rss / 1e6
+            sampler = _PeakChildRss(p)
             results = []
             for label, make in cases:
                 log_before = (d / "torch.log").read_text().count('"reload.failed"')
@@ -311,6 +388,7 @@ def bench_hostile() -> None:
                 time.sleep(1)
             last = int(time.time()) - 2
             rss1 = p.memory_info().rss / 1e6
+            child = sampler.close()
         events, window, counts, worst = _window(d, record, first, last)
         failed = [e for e in events if e.get("event") == "reload.failed"]
     print(f"hostile: {len(cases)} hostile task files while a 1/s task runs, {len(window)} s window")
@@ -318,7 +396,15 @@ def bench_hostile() -> None:
         print(f"  {label:22s} rejected {took:5.2f} s after the rename (incl. 0.5 s debounce): {ev['errors'][0][:90]}")
     print(f"  fires per second: min {min(counts)} max {max(counts)} (want exactly 1); "
           f"seconds with 0: {counts.count(0)}, with >1: {sum(1 for c in counts if c > 1)}")
-    print(f"  worst lateness of the 1/s task: {worst:.1f} ms; daemon RSS {rss0:.0f} -> {rss1:.0f} MB")
+    print(f"  worst lateness of the 1/s task: {worst:.1f} ms; daemon RSS {rss0:.0f} -> {rss1:.0f} MB; "
+          f"reload child's highest RSS seen {child:.0f} MB")
+    group = f"hostile task files ({len(cases)})"
+    slowest = max(t for _, t in results)
+    return [Row(group, "slowest rejection after the rename (s)", [slowest], ("max", HOSTILE_REJECT_S)),
+            Row(group, "daemon RSS growth (MB)", [rss1 - rss0], ("max", HOSTILE_GROWTH_MB)),
+            Row(group, "reload child's highest RSS (MB, 20 ms samples)", [child], ("max", HOSTILE_CHILD_MB)),
+            Row(group, "1/s task seconds without exactly 1 fire", [float(sum(c != 1 for c in counts))], ("max", 0)),
+            Row(group, "worst lateness of the 1/s task (ms)", [worst], ("max", 3.0))]
 
 
 def bench_reload_memory() -> None:
@@ -355,49 +441,127 @@ def bench_reload_memory() -> None:
     print("  daemon RSS every 10 reloads (MB): " + " ".join(f"{r:.0f}" for r in rss))
 
 
-def bench_history() -> None:
+def bench_history() -> list[Row]:
     """bench/history.py, imported only when chosen (it imports this module's helpers)."""
     from history import bench_history as run_it
 
-    run_it()
+    return run_it()
 
 
-def bench_http() -> None:
+def bench_http() -> list[Row]:
     """bench/web.py, imported only when chosen (it imports this module's helpers)."""
     from web import bench_http as run_it
 
-    run_it()
+    return run_it()
 
 
 PEER_PARTS = ["1tps", "10k", "burst", "idle", "reload", "check", "100k"]
 _peer_parts: list[str] = []  # chosen on the command line after `peers`, or by BENCH_PEERS
 
 
-def bench_peers() -> None:
+def bench_peers() -> list[Row]:
     """bench/peers.py, imported only when chosen (it imports this module's helpers)."""
     from peers import bench_peers as run_it
 
     env = [p for p in os.environ.get("BENCH_PEERS", "").split(",") if p]
-    run_it(_peer_parts or env or PEER_PARTS)
+    return run_it(_peer_parts or env or PEER_PARTS)
 
 
-SCENARIOS: dict[str, Callable[[], None]] = {
+def bench_soak() -> list[Row]:
+    """bench/soak.py, imported only when chosen (it imports this module's helpers)."""
+    from soak import bench_soak as run_it
+
+    return run_it()
+
+
+def bench_fleet() -> list[Row]:
+    """bench/fleet.py: a `fleet: once` 1/s task's lateness vs the same task without fleet (needs etcd)."""
+    from fleet import bench_fleet as run_it
+
+    return run_it()
+
+
+def _fuzz_report() -> list[Row]:
+    """Rows of the JSON report tests/test_reload_fuzz.py writes to $TORCH_FUZZ_REPORT, if that file exists.
+
+    The same targets as the hostile scenario's: this is that scenario's question over hundreds of files.
+    """
+    path = os.environ.get("TORCH_FUZZ_REPORT")
+    if not path or not Path(path).is_file():
+        return []
+    try:
+        r = json.loads(Path(path).read_text())
+        kb = 1024 / 1e6  # /proc's kB are KiB; MB here are 10^6 bytes, as psutil's figures elsewhere
+        growth = max(b - a for a, b in zip(r["daemon_rss_start_kb"], r["daemon_rss_max_kb"], strict=True)) * kb
+        group = f"reload fuzz, {r['files']} files on {r['daemons']} daemons (tests/test_reload_fuzz.py)"
+        return [Row(group, f"slowest rejection (s; {r['worst_reject_kind']}, {r['worst_reject_mode']})",
+                    [float(r["worst_reject_s"])], ("max", HOSTILE_REJECT_S)),
+                *(Row(group, f"median rejection, by {mode} (s)", [float(r["median_reject_s_by_mode"][key])])
+                  for key, mode in (("signal", "SIGUSR2"), ("edit", "file edit"))),
+                Row(group, "daemon RSS growth, most of a daemon (MB)", [growth], ("max", HOSTILE_GROWTH_MB)),
+                Row(group, "reload process's highest RSS (MB)", [r["reload_child_peak_kb"] * kb],
+                    ("max", HOSTILE_CHILD_MB)),
+                Row(group, "validator crashes", [float(len(r["validator_crashes"]))], ("max", 0))]
+    except (ValueError, KeyError, TypeError) as e:
+        print(f"fuzz report {path}: not the report tests/test_reload_fuzz.py writes ({e!r}); left out")
+        return []
+
+
+# What `all` runs: every figure the issues asked for (`runs`, `reload` and `reload-memory` measure
+# what `peers` measures better, or are not asked for: run them by name).
+ALL = ["load", "peers", "hostile", "history", "http", "fleet"]
+QUICK = {"BENCH_SECONDS": "10", "BENCH_REPEATS": "1", "BENCH_PEERS_REPEATS": "2"}
+
+
+def bench_all() -> list[Row]:
+    """ALL, each printing as it goes, then one table of their figures."""
+    rows: list[Row] = []
+    took = []
+    started = time.monotonic()
+    load0 = os.getloadavg()[0]
+    for name in ALL:
+        t0 = time.monotonic()
+        print(f"== {name}", flush=True)
+        got = SCENARIOS[name]()
+        rows += got or []
+        took.append(f"{name} {time.monotonic() - t0:.0f} s")
+    rows += _fuzz_report()
+    print()
+    print_rows(rows, title=f"all: every figure ({os.cpu_count()} cores, load average {load0:.1f} at the start, "
+                           f"{os.getloadavg()[0]:.1f} at the end; BENCH_SECONDS "
+                           f"{os.environ.get('BENCH_SECONDS', 'default')}, BENCH_REPEATS "
+                           f"{os.environ.get('BENCH_REPEATS', 'default')}); torch/floor/APScheduler cells: "
+                           "median [min..max] over repeats (or pairs, or runs, as the figure says)")
+    print(f"  took {time.monotonic() - started:.0f} s: {', '.join(took)}")
+    return rows
+
+
+SCENARIOS: dict[str, Callable[[], list[Row] | None]] = {
     "load": bench_load, "runs": bench_runs, "reload": bench_reload, "hostile": bench_hostile,
     "reload-memory": bench_reload_memory, "history": bench_history, "http": bench_http, "peers": bench_peers,
+    "all": bench_all, "soak": bench_soak, "fleet": bench_fleet,
 }
+BY_DEFAULT = ["load", "runs", "reload", "hostile", "reload-memory", "history", "http", "peers"]
 
 
 def main() -> None:
+    global WINDOW
+    args = sys.argv[1:]
+    if "--quick" in args:  # shorter windows, fewer repeats: before any scenario module reads them
+        args.remove("--quick")
+        for key, value in QUICK.items():
+            os.environ.setdefault(key, value)
+        WINDOW = int(os.environ["BENCH_SECONDS"])
     chosen: list[str] = []
-    for name in sys.argv[1:]:
+    for name in args:
         if name in PEER_PARTS and chosen and chosen[-1] == "peers":
             _peer_parts.append(name)
         elif name in SCENARIOS:
             chosen.append(name)
         else:
             sys.exit(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)} "
-                     f"(peers parts, after `peers`: {', '.join(PEER_PARTS)})")
-    for name in chosen or list(SCENARIOS):
+                     f"(peers parts, after `peers`: {', '.join(PEER_PARTS)}; --quick)")
+    for name in chosen or BY_DEFAULT:
         SCENARIOS[name]()
 
 

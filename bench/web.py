@@ -39,6 +39,7 @@ from pathlib import Path
 
 import psutil
 from run import _compile_recorder, _lateness_ms, _pct, _torch, _torch_tasks
+from table import Row
 
 from gotorch import control
 from gotorch.history import DB_NAME, schema
@@ -198,7 +199,7 @@ def _one(d: Path, recorder: Path, mode: str, burn: float = 0.0) -> Run:
                seen["errors"])
 
 
-def bench_clients(tmp: Path) -> None:
+def bench_clients(tmp: Path) -> list[Row]:
     """Fire lateness with 8 clients hammering, with a control load of the same CPU, and quiet, interleaved."""
     recorder = _compile_recorder(tmp)
     print(f"http: {PER_SECOND} tasks/s, window {WINDOW} s per run, interleaved x{REPEATS}, {os.cpu_count()} cores; "
@@ -239,6 +240,15 @@ def bench_clients(tmp: Path) -> None:
         verdict = (f"target <= {P99_COST_TARGET_MS:g} ms: {'ok' if cost <= P99_COST_TARGET_MS else 'OVER TARGET'}; "
                    if other == "quiet" else "the same CPU spent by something else; ")
         print(f"  p99 lateness, clients - {other}: {cost:+.2f} ms ({verdict}run by run: {pairs} ms)")
+    group = f"http, {PER_SECOND} tasks/s, {CLIENTS} clients"
+    return [Row(group, "p99 lateness, clients - quiet (ms, per pair)",
+                [_pct(a.lateness, 99) - _pct(b.lateness, 99) for a, b in zip(by_mode["clients"], by_mode["quiet"],
+                                                                              strict=False)],
+                ("max", P99_COST_TARGET_MS)),
+            Row(group, "p99 lateness, quiet (ms)", [_pct(r.lateness, 99) for r in by_mode["quiet"]]),
+            Row(group, "p99 lateness, clients - control (ms, per pair)",
+                [_pct(a.lateness, 99) - _pct(b.lateness, 99) for a, b in zip(by_mode["clients"], by_mode["control"],
+                                                                              strict=False)])]
 
 
 def _build_history(state: Path, names: list[str]) -> None:
@@ -265,7 +275,7 @@ def _build_history(state: Path, names: list[str]) -> None:
     db.close()
 
 
-def bench_page(tmp: Path) -> None:
+def bench_page(tmp: Path) -> list[Row]:
     """`/` with 1,000 tasks and their history: latency for 1 and 8 clients, refresh and status costs."""
     from gotorch.web.feed import Feed
 
@@ -324,13 +334,14 @@ def bench_page(tmp: Path) -> None:
           f"{statistics.median(refresh):.0f} ms, max {max(refresh):.0f} ms; made every {pace:.1f} s while looked at")
     print(f"  the status request of {PAGE_TASKS:,} tasks, round trip on the control socket (the daemon's share of "
           f"a refresh): median {statistics.median(rtt):.1f} ms, max {max(rtt):.1f} ms")
+    return [Row(f"http page, {PAGE_TASKS:,} tasks", f"`/` p95, 1 client at {PAGE_RATE:g}/s (ms)", [_pct(one, 95)],
+                ("below", PAGE_TARGET_MS))]
 
 
-def bench_http() -> None:
+def bench_http() -> list[Row]:
     """Both parts, in one temporary directory."""
     with tempfile.TemporaryDirectory(prefix="torch-bench-") as tmp:
-        bench_clients(Path(tmp))
-        bench_page(Path(tmp))
+        return bench_clients(Path(tmp)) + bench_page(Path(tmp))
 
 
 if __name__ == "__main__":
