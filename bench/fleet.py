@@ -65,14 +65,6 @@ def _etcd(d: Path) -> Iterator[str]:
         log.close()
 
 
-def _compile_recorder(d: Path) -> Path:
-    exe = d / "recorder"
-    src = str(HERE / "recorder.c")
-    if subprocess.run(["cc", "-O2", "-static", "-o", str(exe), src], capture_output=True).returncode != 0:
-        subprocess.run(["cc", "-O2", "-o", str(exe), src], check=True)
-    return exe
-
-
 def _tasks(url: str | None, cluster: str, recorder: Path, record: Path) -> str:
     head = f'fleet: {{endpoints: ["{url}"], cluster: {cluster}}}\n' if url else ""
     # Without fleet, the same three daemons run, and the task's ips give it to host 1 alone: the
@@ -140,6 +132,8 @@ def bench_fleet() -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="torch-bench-fleet-") as tmp:
         d = Path(tmp)
         os.chmod(d, 0o755)
+        from run import _compile_recorder
+
         recorder = _compile_recorder(d)
         with _etcd(d) as url:
             for r in range(repeats):
