@@ -241,7 +241,7 @@ class Service:
                 await self.web.stop()
             await sched.wait_stopped()
             if self.fleet is not None:  # after our copies are gone: then another host may take them over
-                self.fleet.close_fence()
+                self.fleet.close("daemon stopping")
                 await loop.run_in_executor(None, self.fleet.stop)
             await self.commands.close()  # a pause answered just before the stop is on disk
             await self._stop_history(loop)
@@ -273,7 +273,7 @@ class Service:
 
         def host() -> dict[str, Any]:  # the coordinator's thread: plain reads of values the loop replaces whole
             return {"name": name, "addresses": [str(a) for a in self.addresses], "version": __version__,
-                    "config_hash": self.config.short_hash, "pid": os.getpid()}
+                    "config_hash": self.config.short_hash, "pid": os.getpid(), "state_dir": str(self.paths.state_dir)}
 
         self.fleet = sched.fleet = FleetGate(
             loop, self.bus, lambda gate: Coordinator(loop, settings, gate, host), new_run_id=sched.new_run_id,
@@ -292,11 +292,9 @@ class Service:
         if old is not None:
             # New settings (another etcd, cluster or TTL): our elections end with the old lease, so
             # our copies go now (KILL: a TERM's grace would outlive the lease we are about to revoke).
-            for task in list(old.held):
-                old.deposed(task, "the fleet settings changed")
             self._fleet_unsubscribe()
             self.fleet = self.scheduler.fleet = None  # no claims to a coordinator that is stopping
-            old.close_fence()
+            old.close("the fleet settings changed")
             await self.loop.run_in_executor(None, old.stop)
         self._set_fleet(config)  # fleet daemon copies wait for the new gate's elections (_fleet_allows)
         if self.fleet is not None:

@@ -85,16 +85,17 @@ class FakeCoordinator:
         self.claims: list[tuple[str, int, str]] = []
         self.name = "me"
         self.settings = parse_fleet({**FLEET, "lease_ttl": "10s"})
-        self.resigned: list[str] = []
+        self.resigned: list[tuple[str, int]] = []
+        self.elections: frozenset[str] = frozenset()
 
     def claim(self, task: str, instant: int, run_id: str, interval: float) -> None:
         self.claims.append((task, instant, run_id))
 
     def set_elections(self, tasks: frozenset[str]) -> None:
-        pass
+        self.elections = tasks
 
-    def resign(self, task: str) -> None:
-        self.resigned.append(task)
+    def resign(self, task: str, token: int) -> None:
+        self.resigned.append((task, token))
 
     def start(self) -> None:
         pass
@@ -103,14 +104,19 @@ class FakeCoordinator:
         pass
 
 
-def _gate(loop: asyncio.AbstractEventLoop, events: list[Event], next_fire: int) -> tuple[FleetGate, FakeCoordinator]:
+def _gate(loop: asyncio.AbstractEventLoop, events: list[Event], next_fire: int,
+          copies: dict[str, list[tuple[int, str]]] | None = None,
+          started: list[str] | None = None) -> tuple[FleetGate, FakeCoordinator]:
     fake = FakeCoordinator()
     bus = Bus()
     bus.subscribe(events.append)
     ids = iter(range(1, 1000))
+    running = copies if copies is not None else {}
     gate = FleetGate(loop, bus, lambda _g: fake, new_run_id=lambda: f"r{next(ids)}",  # type: ignore[arg-type,return-value]
-                     next_fire=lambda _n: next_fire, start_copies=lambda _n: None,
-                     stop_copies=lambda _n, _r, _k: 0, copies=lambda _n: [])
+                     next_fire=lambda _n: next_fire,
+                     start_copies=lambda n: (started if started is not None else []).append(n),
+                     stop_copies=lambda _n, _r, _k: 0, copies=lambda n: running.get(n, []))
+    gate._fence_failed = True  # no watchdog process in these tests
     return gate, fake
 
 
@@ -161,6 +167,52 @@ def test_a_busy_or_paused_host_does_not_claim() -> None:
         gate.prepare(2_000_000_000, lambda _n: False, lambda _n: True)
         gate.prepare(2_000_000_000, lambda _n: True, lambda _n: False)
         assert fake.claims == []
+    finally:
+        loop.close()
+
+
+def test_a_deposed_task_keeps_its_election_until_its_last_copy_ended() -> None:
+    """Giving the key up while our copies are still in their TERM grace would let another host start one."""
+    loop = asyncio.new_event_loop()
+    try:
+        from gotorch.events import RunEnded
+        from gotorch.fleet.coordinator import boottime
+        copies = {"svc": [(4242, "run-1")]}
+        started: list[str] = []
+        gate, fake = _gate(loop, [], next_fire=0, copies=copies, started=started)
+        gate.set_tasks([Task("svc", "x", type="daemon", fleet="once")])
+        gate.prepare(0, lambda _n: False, lambda _n: False)
+        gate.renewed(boottime())
+        gate.elected("svc", 7)
+        assert started == ["svc"]
+        gate.prepare(0, lambda _n: True, lambda _n: False)  # paused: its copy is being stopped
+        assert "svc" in fake.elections and fake.resigned == []  # the key is kept meanwhile
+        gate.elected("svc", 9)  # (a key won again meanwhile is not acted on yet)
+        copies["svc"] = []
+        gate(RunEnded("svc", "run-1", 4242, "killed", None, "SIGTERM", 1.0, 0, 0))
+        assert fake.resigned == [("svc", 9)] and "svc" not in fake.elections and started == ["svc"]
+    finally:
+        loop.close()
+
+
+def test_a_task_won_again_while_its_copies_ended_starts_under_the_new_election() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        from gotorch.events import RunEnded
+        from gotorch.fleet.coordinator import boottime
+        copies = {"svc": [(4242, "run-1")]}
+        started: list[str] = []
+        gate, fake = _gate(loop, [], next_fire=0, copies=copies, started=started)
+        gate.set_tasks([Task("svc", "x", type="daemon", fleet="once")])
+        gate.prepare(0, lambda _n: False, lambda _n: False)
+        gate.renewed(boottime())
+        gate.elected("svc", 7)
+        gate.deposed("svc", "the host's etcd lease expired")  # KILLed; still ending
+        gate.elected("svc", 11)  # the coordinator won it again on a new lease
+        assert gate.token("svc") is None and started == ["svc"]
+        copies["svc"] = []
+        gate(RunEnded("svc", "run-1", 4242, "killed", None, "SIGKILL", 1.0, 0, 0))
+        assert gate.token("svc") == 11 and started == ["svc", "svc"] and fake.resigned == []
     finally:
         loop.close()
 
@@ -244,3 +296,20 @@ def test_the_fence_watchdog_kills_guarded_copies_and_their_escaped_processes(how
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         copy.wait(timeout=10)
+
+
+def test_only_this_daemons_own_earlier_claim_is_taken_over() -> None:
+    """A restart just before a boundary must not lose the instant it claimed; a namesake must not win it."""
+    from gotorch.fleet.coordinator import BOOT_ID, Coordinator
+
+    loop = asyncio.new_event_loop()
+    try:
+        c = Coordinator(loop, parse_fleet(FLEET), None, lambda: {"name": "web1", "state_dir": "/var/lib/torch"})  # type: ignore[arg-type]
+        mine = {"host": "web1", "boot_id": BOOT_ID, "state_dir": "/var/lib/torch", "incarnation": "old"}
+        assert c._own_earlier(mine)
+        assert not c._own_earlier({**mine, "incarnation": c.incarnation})  # this very incarnation's
+        assert not c._own_earlier({**mine, "state_dir": "/srv/other-torch"})  # another daemon on the host
+        assert not c._own_earlier({**mine, "boot_id": "another-boot"})  # a clone with the same name and path
+        assert not c._own_earlier({"host": "web1", "incarnation": "old"})  # an older torch's claim
+    finally:
+        loop.close()

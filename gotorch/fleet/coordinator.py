@@ -38,6 +38,17 @@ MIN_FIRE_KEY_S = 600.0  # fire keys outlive their instant by at least this (and 
 CLAIM_MAX_AGE_S = MIN_FIRE_KEY_S / 2
 
 
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+BOOT_ID = _boot_id()
+
+
 def boottime() -> float:
     """CLOCK_BOOTTIME: runs through suspend and SIGSTOP alike, so a frozen holder sees how long it was out."""
     return time.clock_gettime(time.CLOCK_BOOTTIME)
@@ -101,13 +112,15 @@ class Coordinator:
         self._client = client
         self._requests: queue.SimpleQueue[_ClaimRequest | None] = queue.SimpleQueue()
         self._elections: frozenset[str] = frozenset()
-        self._resigned: set[str] = set()
+        self._resigned: dict[str, int] = {}
         self._lock = threading.Lock()
         self.skew: float | None = None  # the last measured clock skew (s), written in the host key
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._st = _State()
-        self.name = str(host().get("name", "?"))
+        about = host()
+        self.name = str(about.get("name", "?"))
+        self._state_dir = str(about.get("state_dir", ""))
         # Which daemon (and gate) made a claim: an instant claimed by this host's previous incarnation
         # (restarted, or its fleet settings reloaded, just before the boundary) was never run by it.
         self.incarnation = os.urandom(6).hex()
@@ -140,10 +153,13 @@ class Coordinator:
             self._elections = tasks
         self._requests.put(_ClaimRequest("", 0, "", 0))  # wake the thread
 
-    def resign(self, task: str) -> None:
-        """Give `task`'s election up (we fenced its copies): its key is deleted; we campaign again later."""
+    def resign(self, task: str, token: int) -> None:
+        """Give up `task`'s election key created at `token` (its copies have ended); campaign again later.
+
+        Only that key: one won since (a later token) is the gate's to decide about.
+        """
         with self._lock:
-            self._resigned.add(task)
+            self._resigned[task] = token
         self._requests.put(_ClaimRequest("", 0, "", 0))
 
     # -- the thread --
@@ -238,8 +254,8 @@ class Coordinator:
         st, etcd, prefix = self._st, self._etcd(), self.settings.prefix
         with self._lock:
             wanted = self._elections
-            resigned, self._resigned = self._resigned, set()
-        for task in [t for t in st.held if t not in wanted or t in resigned]:  # removed, paused, fenced
+            resigned, self._resigned = self._resigned, {}
+        for task in [t for t in st.held if t not in wanted or resigned.get(t) == st.held[t]]:
             revision = st.held.pop(task)
             with contextlib.suppress(Unreachable):  # it goes with our lease, which is expiring: why we fenced
                 etcd.delete_if_created(f"{prefix}elect/{task}", revision)
@@ -274,7 +290,8 @@ class Coordinator:
             self._post(self._answers.claimed, r.task, r.instant, r.run_id, None,
                        "etcd is unreachable" if st.reachable is False else "the fire is too old to claim")
             return
-        value = {"host": self.name, "run_id": r.run_id, "at": time.time(), "incarnation": self.incarnation}
+        value = {"host": self.name, "run_id": r.run_id, "at": time.time(), "incarnation": self.incarnation,
+                 "boot_id": BOOT_ID, "state_dir": self._state_dir}
         try:
             claim = self._create(key, value, r.key_ttl)
         except Unreachable as exc:
@@ -287,10 +304,17 @@ class Coordinator:
             except Unreachable as again:
                 self._post(self._answers.claimed, r.task, r.instant, r.run_id, None, str(again))
                 return
-        holder = claim.holder
-        if not claim.won and holder.get("host") == self.name and holder.get("incarnation") != self.incarnation:
-            claim = Claim(True, holder, claim.revision)  # ours from before a restart: it never ran it
+        if not claim.won and self._own_earlier(claim.holder):
+            claim = Claim(True, claim.holder, claim.revision)  # ours from before a restart: it never ran it
         self._post(self._answers.claimed, r.task, r.instant, r.run_id, claim, None)
+
+    def _own_earlier(self, holder: dict[str, Any]) -> bool:
+        """Whether a claim is this daemon's own from an earlier incarnation (restarted, or its fleet
+        settings reloaded, just before the boundary): same boot, same state directory (one daemon per
+        state directory: the pidfile lock), another incarnation. Only future instants are claimed, so
+        that incarnation never ran it. Two daemons that merely share a host name never match."""
+        return (bool(BOOT_ID) and holder.get("boot_id") == BOOT_ID and bool(self._state_dir)
+                and holder.get("state_dir") == self._state_dir and holder.get("incarnation") != self.incarnation)
 
     def _create(self, key: str, value: dict[str, Any], key_ttl: float) -> Claim:
         st, etcd = self._st, self._etcd()

@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Iterable
 
-from gotorch import reload_process
+from gotorch import procfs, reload_process
 
 
 def _boottime() -> float:
@@ -39,6 +39,7 @@ class Fence:
         self.pid: int | None = None
         self._fd: int | None = None
         self.dead = False  # its pipe broke: the watchdog is gone (the gate starts another)
+        self._unsent = b""  # what a full pipe did not take yet: lines must arrive whole and in order
 
     def start(self) -> None:
         """Start the watchdog (OSError if it cannot be: then only the loop fences)."""
@@ -74,8 +75,10 @@ class Fence:
     def _send(self, line: str) -> None:
         if self._fd is None:
             return
+        self._unsent += line.encode()
         try:
-            os.write(self._fd, line.encode())  # one line, under PIPE_BUF for up to ~500 groups: atomic
+            n = os.write(self._fd, self._unsent)
+            self._unsent = self._unsent[n:]
         except BlockingIOError:  # a full pipe: it hangs; the next renewal tries again
             pass
         except OSError:  # it died
@@ -91,8 +94,6 @@ def _kill(groups: list[int], run_ids: list[str]) -> None:
             os.killpg(g, signal.SIGKILL)
     if not run_ids:
         return
-    from gotorch import procfs  # only when it must kill: the watchdog stays small while it waits
-
     for _ in range(6):  # a pass that kills nobody ends it (an escaped process may fork meanwhile)
         found = [p for pids in procfs.pids_by_env("TORCH_RUN_KEY", run_ids).values() for p in pids]
         for p in found:
@@ -103,7 +104,10 @@ def _kill(groups: list[int], run_ids: list[str]) -> None:
 
 
 def main() -> None:
-    """The watchdog: guard the groups it was given until told to exit; kill them when it must."""
+    """The watchdog: guard the groups it was given until told to exit; kill them when it must.
+
+    (procfs is imported with this module, at start: not when it must kill, when the files may have changed.)
+    """
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # the daemon's stop must not take the guard down first
     deadline, buf = 0.0, b""

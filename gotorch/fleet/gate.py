@@ -91,7 +91,9 @@ class FleetGate:
         self.held: dict[str, int] = {}  # daemon task -> fencing token (election key's create revision)
         # Tasks whose copies are being stopped (deposed, paused, removed): their election key is kept,
         # and the watchdog guards them, until the last copy has ended; only then is the key given up.
-        self._draining: set[str] = set()
+        self._draining: dict[str, int] = {}  # task -> the token (key revision) we held for its copies
+        self._late: dict[str, int] = {}  # a draining task won again meanwhile: that key's token
+        self._fence_stopped: set[str] = set()  # draining tasks the fence check stopped since the last renewal
         self._wanted: frozenset[str] = frozenset()
         self.last_run: dict[str, dict[str, Any]] = {}
         self.renewed_at: float | None = None
@@ -112,6 +114,22 @@ class FleetGate:
             self._fence.close()
             self._fence = None
 
+    def close(self, reason: str) -> None:
+        """This gate is being replaced (a reload changed the fleet settings) or the daemon stops: KILL
+        every copy it holds or drains (our lease is about to be revoked), and stop all its timers."""
+        for task in [*self.held, *self._draining]:
+            self._stop_copies(task, f"fleet: {reason}", 0.0)
+        self.held.clear()
+        self._draining.clear()
+        self._late.clear()
+        if self._fence_handle is not None:
+            self._fence_handle.cancel()
+            self._fence_handle = None
+        for p in self._waiting.values():
+            p.timer.cancel()
+        self._waiting.clear()
+        self.close_fence()
+
     def stop(self) -> None:
         """Stop talking to etcd (blocking: the caller runs it in an executor), after close_fence()."""
         self.coordinator.stop()
@@ -124,14 +142,20 @@ class FleetGate:
             self._rearm()
 
     def _drained(self, task: str) -> None:
-        """A draining task's copies may all have ended: then give its election up (or let it be taken)."""
-        if task in self._draining and not self._copies(task):
-            self._draining.discard(task)
-            self.coordinator.resign(task)
-            self._push_elections()
+        """A draining task's copies may all have ended: then give its election up, or, if it was won
+        again meanwhile and is still wanted here, start its copies under that new election."""
+        if task not in self._draining or self._copies(task):
+            return
+        token = self._draining.pop(task)
+        late = self._late.pop(task, None)
+        if late is not None and task in self._wanted and task in self._daemons:
+            self.elected(task, late)
+        else:
+            self.coordinator.resign(task, late if late is not None else token)
+        self._push_elections()
 
     def _push_elections(self) -> None:
-        elections = self._wanted | self._draining
+        elections = self._wanted | frozenset(self._draining)
         if elections != self._elections:
             self._elections = elections
             self.coordinator.set_elections(elections)
@@ -161,9 +185,10 @@ class FleetGate:
         fleet = [t for t in tasks if t.fleet == "once"]
         self._cron = {t.name: t for t in fleet if t.type == "cron"}
         daemons = {t.name: t for t in fleet if t.type == "daemon"}
+        self._wanted &= daemons.keys()
         for name in [n for n in self.held if n not in daemons]:
-            del self.held[name]  # its copies were retired by the reload itself: hold the key until they end
-            self._draining.add(name)
+            # Its copies were retired by the reload itself: hold the key until they have ended.
+            self._draining[name] = self.held.pop(name)
             self._drained(name)
         self._daemons = daemons
 
@@ -273,13 +298,17 @@ class FleetGate:
     def renewed(self, at: float) -> None:
         """The host lease lives on: the fencing clock restarts from `at`."""
         self.renewed_at = at
-        if self.held:
+        self._fence_stopped.clear()
+        if self.held or self._draining:
             self._rearm()
 
     def elected(self, task: str, token: int) -> None:
         """We hold `task`: start its copies (each gets TORCH_FLEET_TOKEN)."""
-        if task not in self._daemons or task not in self._wanted or task in self._draining:
-            return  # the key is given up once the old copies have ended (_drained)
+        if task in self._draining:
+            self._late[task] = token  # our old copies are still ending: _drained decides then
+            return
+        if task not in self._daemons or task not in self._wanted:
+            return  # not ours to run here: the coordinator lets it go (it is not in the elections)
         self.held[task] = token
         self._bus.publish(FleetElected(task, token))
         self._start_copies(task)
@@ -291,12 +320,14 @@ class FleetGate:
         self._depose(task, reason, 0.0)
 
     def _depose(self, task: str, reason: str, kill_in: float | None) -> None:
-        if self.held.pop(task, None) is None:
+        token = self.held.pop(task, None)
+        if token is None:
             return
         stopped = self._stop_copies(task, f"fleet: {reason}", kill_in)
         self._bus.publish(FleetDeposed(task, reason, stopped))
         # The key stays ours (and the watchdog keeps guarding them) until the last copy has ended.
-        self._draining.add(task)
+        self._draining[task] = token
+        self._fence_stopped.add(task)
         self._drained(task)
         self._rearm()
 
@@ -328,7 +359,8 @@ class FleetGate:
                 self._depose(task, f"no etcd keep-alive for {since:.1f} s (lease {self.ttl:g} s): self-fenced",
                              kill_in)
             for task in self._draining:  # copies being stopped for another reason: before the lease ends too
-                if self._copies(task):
+                if task not in self._fence_stopped and self._copies(task):
+                    self._fence_stopped.add(task)
                     self._stop_copies(task, "fleet: no etcd keep-alive: self-fenced", kill_in)
         self._arm_fence()
 
