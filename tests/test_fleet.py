@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from gotorch.config import ConfigInvalid, Task, parse_config
-from gotorch.events import Bus, Event, FleetUnreachableRun
+from gotorch.events import Bus, Event, FleetUnreachableRun, RunEnded
 from gotorch.fleet.etcd import Claim
 from gotorch.fleet.gate import FleetGate
 from gotorch.fleet.plan import parse_hosts, placements
@@ -171,19 +171,26 @@ def test_a_busy_or_paused_host_does_not_claim() -> None:
         loop.close()
 
 
+def _holding_svc(loop: asyncio.AbstractEventLoop, copies: dict[str, list[tuple[int, str]]],
+                 started: list[str]) -> tuple[FleetGate, FakeCoordinator]:
+    """A gate holding fleet daemon task `svc` (token 7), its copies as `copies` says."""
+    from gotorch.fleet.coordinator import boottime
+
+    gate, fake = _gate(loop, [], next_fire=0, copies=copies, started=started)
+    gate.set_tasks([Task("svc", "x", type="daemon", fleet="once")])
+    gate.prepare(0, lambda _n: False, lambda _n: False)
+    gate.renewed(boottime())
+    gate.elected("svc", 7)
+    return gate, fake
+
+
 def test_a_deposed_task_keeps_its_election_until_its_last_copy_ended() -> None:
     """Giving the key up while our copies are still in their TERM grace would let another host start one."""
     loop = asyncio.new_event_loop()
     try:
-        from gotorch.events import RunEnded
-        from gotorch.fleet.coordinator import boottime
         copies = {"svc": [(4242, "run-1")]}
         started: list[str] = []
-        gate, fake = _gate(loop, [], next_fire=0, copies=copies, started=started)
-        gate.set_tasks([Task("svc", "x", type="daemon", fleet="once")])
-        gate.prepare(0, lambda _n: False, lambda _n: False)
-        gate.renewed(boottime())
-        gate.elected("svc", 7)
+        gate, fake = _holding_svc(loop, copies, started)
         assert started == ["svc"]
         gate.prepare(0, lambda _n: True, lambda _n: False)  # paused: its copy is being stopped
         assert "svc" in fake.elections and fake.resigned == []  # the key is kept meanwhile
@@ -198,15 +205,9 @@ def test_a_deposed_task_keeps_its_election_until_its_last_copy_ended() -> None:
 def test_a_task_won_again_while_its_copies_ended_starts_under_the_new_election() -> None:
     loop = asyncio.new_event_loop()
     try:
-        from gotorch.events import RunEnded
-        from gotorch.fleet.coordinator import boottime
         copies = {"svc": [(4242, "run-1")]}
         started: list[str] = []
-        gate, fake = _gate(loop, [], next_fire=0, copies=copies, started=started)
-        gate.set_tasks([Task("svc", "x", type="daemon", fleet="once")])
-        gate.prepare(0, lambda _n: False, lambda _n: False)
-        gate.renewed(boottime())
-        gate.elected("svc", 7)
+        gate, fake = _holding_svc(loop, copies, started)
         gate.deposed("svc", "the host's etcd lease expired")  # KILLed; still ending
         gate.elected("svc", 11)  # the coordinator won it again on a new lease
         assert gate.token("svc") is None and started == ["svc"]
