@@ -17,16 +17,15 @@ before the daemon's first fire, off the event loop.
 
 from __future__ import annotations
 
-import calendar
 import contextlib
 import os
 import sqlite3
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from gotorch import procfs
+from gotorch.events import epoch_of
 from gotorch.history import query
 
 RUN_KEY_VAR = "TORCH_RUN_KEY"
@@ -157,7 +156,7 @@ def _parse_iso(text: str | None) -> float | None:
     if text is None:
         return None
     try:
-        return float(calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")))
+        return epoch_of(text)
     except ValueError:
         return None
 

@@ -12,7 +12,9 @@ fields are its data. `exc` (where present) carries an exception whose traceback 
 
 from __future__ import annotations
 
+import calendar
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
@@ -38,6 +40,14 @@ class Event:
         and the log line's own timestamp.
         """
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "exc" and not f.name.endswith("_ts")}
+
+
+ISO_SECOND = "%Y-%m-%dT%H:%M:%SZ"  # the scheduled seconds events (and TORCH_SCHEDULED_AT) carry
+
+
+def epoch_of(iso: str) -> float:
+    """Unix seconds of an ISO_SECOND string ("2027-01-01T00:00:00Z"); ValueError if it is not one."""
+    return float(calendar.timegm(time.strptime(iso, ISO_SECOND)))
 
 
 # --- runs (published by the runner) ----------------------------------------------------------------

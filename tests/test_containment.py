@@ -153,6 +153,14 @@ class Scene:
         late = [(s, round(ran - s, 3)) for s, ran in fires if s in window and not 0 <= ran - s < LATE_MAX]
         assert not late, f"sentinel fires that ran late (second, seconds late): {late}"
 
+    def unleash(self) -> tuple[float, str, str]:
+        """Start the hydra and the firehose, wait for the hydra's 200 escapees; (when, hydra, flood)."""
+        first = time.time()
+        hydra = self.run("hydra")
+        flood = self.run("firehose")
+        self.wait_hydra(hydra)
+        return first, hydra, flood
+
     def assert_firehose_capped(self, end: dict[str, Any], whole: bool = False) -> None:
         """Exactly output_limit bytes of the flood were kept, the rest counted (all of it if `whole`)."""
         assert end["output_bytes"] == LIMIT, end
@@ -188,6 +196,15 @@ class RssPeak:
         return self.peak - self.baseline
 
 
+def _start_sampled(t: Torch, sampler: list[RssPeak]) -> RssPeak:
+    """Start the daemon in the foreground, wait for the sentinel's first run, sample its RSS from then."""
+    proc = t.start()
+    t.wait_event("run.end", task="sentinel", timeout=20)
+    rss = RssPeak(proc.pid)
+    sampler.append(rss)
+    return rss
+
+
 @pytest.fixture
 def scenes() -> Iterator[list[Scene]]:
     """Scenes a test made; whatever of their runs is still alive at the end is killed."""
@@ -211,14 +228,8 @@ def test_torch_kill_leaves_nothing_of_200_escaped_sessions_while_a_1gb_flood_is_
         torch_daemon: Torch, scenes: list[Scene], sampler: list[RssPeak]) -> None:
     t = torch_daemon
     scene = Scene(scenes, t)
-    proc = t.start()
-    t.wait_event("run.end", task="sentinel", timeout=20)
-    rss = RssPeak(proc.pid)
-    sampler.append(rss)
-    first = time.time()
-    hydra = scene.run("hydra")
-    flood = scene.run("firehose")
-    scene.wait_hydra(hydra)
+    rss = _start_sampled(t, sampler)
+    first, hydra, flood = scene.unleash()
 
     k = t.run("kill", "hydra")
     assert k.returncode == 0 and hydra in k.stdout, k.stdout + k.stderr
@@ -255,14 +266,8 @@ def test_a_timeout_leaves_nothing_of_200_escaped_sessions_or_a_1gb_flood(
     t = torch_daemon
     # 8 s: long enough for the 200 grandchildren to be seen on a loaded machine.
     scene = Scene(scenes, t, hydra_extra="timeout: 8s", firehose_extra="timeout: 8s")
-    proc = t.start()
-    t.wait_event("run.end", task="sentinel", timeout=20)
-    rss = RssPeak(proc.pid)
-    sampler.append(rss)
-    first = time.time()
-    hydra = scene.run("hydra")
-    flood = scene.run("firehose")
-    scene.wait_hydra(hydra)
+    rss = _start_sampled(t, sampler)
+    first, hydra, flood = scene.unleash()
     ends = {e["run_id"]: e for e in t.wait_event("run.end", timeout=40, count=2, status="timeout")}
     assert set(ends) == {hydra, flood}, ends
     for end in ends.values():
@@ -291,10 +296,7 @@ def test_torch_stop_leaves_nothing_of_200_escaped_sessions_or_a_1gb_flood(torch_
     assert pid is not None
     t.wait_event("run.end", task="sentinel", timeout=20)
     rss = RssPeak(pid)
-    first = time.time()
-    hydra = scene.run("hydra")
-    flood = scene.run("firehose")
-    scene.wait_hydra(hydra)
+    first, hydra, flood = scene.unleash()
     t.wait_event("run.output", timeout=30, run_id=flood)  # the flood is under way
     time.sleep(0.5)
     last = time.time() - 1

@@ -7,14 +7,23 @@ not only the start. Handing a row over never blocks: a full queue drops it (the 
 
 from __future__ import annotations
 
-import calendar
 import itertools
 import os
 import time
 from collections.abc import Callable
 from typing import Protocol
 
-from gotorch.events import Event, MissedFires, RunAdopted, RunEnded, RunOutput, RunStarted, RunTracked, Skipped
+from gotorch.events import (
+    Event,
+    MissedFires,
+    RunAdopted,
+    RunEnded,
+    RunOutput,
+    RunStarted,
+    RunTracked,
+    Skipped,
+    epoch_of,
+)
 from gotorch.history.rows import NonRun, Row, RunAdoptedRow, RunBegan, RunFinished, RunProcess, RunsLost
 from gotorch.history.schema import HEAD_BYTES, TAIL_BYTES
 
@@ -127,5 +136,5 @@ def _status(event: RunEnded) -> str:
 
 
 def _ts(iso: str) -> float:
-    # The scheduler's ISO seconds ("2027-01-01T00:00:00Z"): rare events, so parsing is fine here.
-    return float(calendar.timegm(time.strptime(iso, "%Y-%m-%dT%H:%M:%SZ")))
+    # The scheduler's ISO seconds: rare events, so parsing is fine here.
+    return epoch_of(iso)
