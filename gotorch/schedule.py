@@ -77,8 +77,7 @@ from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from functools import lru_cache
 from typing import Final, Literal, NamedTuple, cast
 
-from croniter import CroniterError, croniter
-
+from gotorch.cronlib import CroniterError, croniter
 from gotorch.durations import parse_duration
 
 __all__ = [
