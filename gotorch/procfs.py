@@ -19,6 +19,10 @@ from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # the unit of /proc/PID/stat's start time
+PF_KTHREAD = 0x00200000  # /proc/PID/stat flags: a kernel thread
+# An environment read empty in a scan is read again after these pauses (see _recheck_blank).
+BLANK_RETRIES = 3
+BLANK_PAUSE_S = 0.001
 
 
 class Stat(NamedTuple):
@@ -216,6 +220,7 @@ def pids_by_env(name: str, values: Iterable[str], uids: Iterable[int] | None = N
 
 def _scan_env(needle: bytes, wanted: set[str], owners: set[int] | None, me: int) -> dict[str, list[int]]:
     found: dict[str, list[int]] = {}
+    blank: list[int] = []
     for pid in pids():
         if pid == me:
             continue
@@ -227,10 +232,54 @@ def _scan_env(needle: bytes, wanted: set[str], owners: set[int] | None, me: int)
         environ = _read(f"/proc/{pid}/environ")
         if environ is None:
             continue
-        value = _find(environ, needle)
-        if value is not None and value in wanted:
-            found.setdefault(value, []).append(pid)
+        if not environ:
+            blank.append(pid)
+            continue
+        _match(pid, environ, needle, wanted, found)
+    _recheck_blank(blank, needle, wanted, found)
     return found
+
+
+def _match(pid: int, environ: bytes, needle: bytes, wanted: set[str], found: dict[str, list[int]]) -> None:
+    value = _find(environ, needle)
+    if value is not None and value in wanted:
+        found.setdefault(value, []).append(pid)
+
+
+def _recheck_blank(blank: list[int], needle: bytes, wanted: set[str], found: dict[str, list[int]]) -> None:
+    """Read again the environments that were empty because their process was in the middle of an exec.
+
+    From the moment execve drops the old memory until the new program's stack is set up, /proc
+    shows an empty environment: a process forked and exec'd just before the scan (an escapee
+    starting a helper as it is killed) would be missed, and outlive its run. Such a window lasts
+    microseconds, so up to BLANK_RETRIES short pauses settle it. Kernel threads and zombies have no
+    environment for good, and a program exec'd with an empty one keeps it; only they pay the pauses.
+    """
+    pending = [pid for pid in blank if _user_process(pid)]
+    for _ in range(BLANK_RETRIES):
+        if not pending:
+            return
+        time.sleep(BLANK_PAUSE_S)
+        still = []
+        for pid in pending:
+            environ = _read(f"/proc/{pid}/environ")
+            if environ:
+                _match(pid, environ, needle, wanted, found)
+            elif environ is not None:
+                still.append(pid)
+        pending = still
+
+
+def _user_process(pid: int) -> bool:
+    """True if `pid` is alive (not a zombie) and not a kernel thread."""
+    data = _read(f"/proc/{pid}/stat")
+    if data is None:
+        return False
+    fields = data[data.rfind(b")") + 2:].split()
+    try:
+        return fields[0] != b"Z" and not int(fields[6]) & PF_KTHREAD
+    except (IndexError, ValueError):
+        return False
 
 
 def cmdline(pid: int) -> list[str] | None:

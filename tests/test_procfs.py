@@ -110,3 +110,33 @@ def test_pids_by_env_skips_processes_of_other_users() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_an_environment_read_empty_mid_exec_is_read_again(child: subprocess.Popen[bytes],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # Between execve dropping the old memory and the new stack being set up, /proc shows an empty
+    # environment: the scan must look again rather than miss a process that was just started.
+    real_read = procfs._read
+    blanked: list[str] = []
+
+    def read(path: str) -> bytes | None:
+        if path == f"/proc/{child.pid}/environ" and not blanked:
+            blanked.append(path)
+            return b""
+        return real_read(path)
+
+    monkeypatch.setattr(procfs, "_read", read)
+    marker = f"v{os.getpid()}"
+    assert procfs.pids_by_env("PROCFS_TEST", [marker]) == {marker: [child.pid]}
+    assert blanked, "the blank read was served"
+
+
+def test_a_process_with_an_empty_environment_costs_the_scan_only_its_retries() -> None:
+    empty = subprocess.Popen(["/bin/sleep", "60"], env={}, start_new_session=True)
+    try:
+        wait_until(lambda: procfs.cmdline(empty.pid) == ["/bin/sleep", "60"], 10, what="the exec")
+        assert procfs.environ(empty.pid) == b""
+        assert procfs.pids_by_env("PROCFS_TEST", ["nobody-has-it"]) == {}
+    finally:
+        empty.kill()
+        empty.wait()
