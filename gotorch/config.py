@@ -35,6 +35,7 @@ from gotorch.config_errors import ConfigInvalid as ConfigInvalid
 from gotorch.durations import DURATION_HINT, SIZE_HINT, parse_duration, parse_size
 from gotorch.fleet.settings import FLEET_MODES, UNREACHABLE_POLICIES, FleetBad, FleetSettings, parse_fleet
 from gotorch.hosts import IPNetwork
+from gotorch.pickling import quick_pickle
 from gotorch.schedule import Schedule, ScheduleError, forget_parsed, parse_schedule
 from gotorch.trustedfs import FileBytes, Untrusted, read_file
 
@@ -56,6 +57,7 @@ TOP_KEYS = ("version", "defaults", "tasks", "fleet")
 NOT_DEFAULTABLE = ("name", "command", "schedule", "type")
 
 
+@quick_pickle
 @dataclass(frozen=True, slots=True)
 class Task:
     """One validated task. Equality (minus `line`) is what reload uses to call a task "changed"."""

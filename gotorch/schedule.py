@@ -79,6 +79,7 @@ from typing import Final, Literal, NamedTuple, cast
 
 from gotorch.cronlib import CroniterError, croniter
 from gotorch.durations import parse_duration
+from gotorch.pickling import quick_pickle
 
 __all__ = [
     "Fire",
@@ -130,6 +131,7 @@ class _Days(NamedTuple):
     every_day: bool  # shortcut: every day of every month matches
 
 
+@quick_pickle
 @dataclass(frozen=True, slots=True)
 class _CronSpec:
     """A validated cron expression in the form the search loop wants."""
@@ -144,6 +146,7 @@ class _CronSpec:
     fixed_hour: bool
 
 
+@quick_pickle
 @dataclass(frozen=True, slots=True)
 class Schedule:
     """A parsed schedule. Build it with :func:`parse_schedule`.
