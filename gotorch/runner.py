@@ -7,7 +7,7 @@ owner calls from its SIGCHLD handler (`loop.add_signal_handler(signal.SIGCHLD, r
 
 Lifecycle of a run:
 
-    start() --Popen (setsid)--> running --direct child reaped--> exited --pipes at EOF, or
+    start() --spawn (setsid)--> running --direct child reaped--> exited --pipes at EOF, or
                                                                            1 s later--> ended
 
 A run ends (`run.end` is logged and `on_end` is called exactly once) when its direct child has been
@@ -64,6 +64,7 @@ from gotorch.events import (
     RunTracked,
 )
 from gotorch.log import logging_bus
+from gotorch.spawn import Spawner, seal_descriptors
 
 # One pipe's default capacity on Linux: one read usually empties it.
 CHUNK = 64 * 1024
@@ -284,10 +285,10 @@ class _Stream:
 
     __slots__ = ("fd", "file", "name", "open", "partial", "watched")
 
-    def __init__(self, name: str, file: Any) -> None:
+    def __init__(self, name: str, fd: int, file: Any = None) -> None:
         self.name = name
-        self.file = file
-        self.fd: int = file.fileno()
+        self.file = file  # Popen's file object owning `fd`, or None: the descriptor is ours to close
+        self.fd = fd
         self.partial = bytearray()
         self.open = True
         self.watched = False  # registered with the loop's selector (see WATCH_AFTER_S)
@@ -377,6 +378,7 @@ class Runner:
         self._watch_handle: asyncio.TimerHandle | None = None
         self._closing = False
         self._bus = bus if bus is not None else logging_bus()
+        self._spawner = Spawner()
 
     # --- queries ---
 
@@ -401,6 +403,10 @@ class Runner:
 
     # --- spawning ---
 
+    def seal_descriptors(self) -> None:
+        """Mark every daemon descriptor above 2 close-on-exec (see gotorch.spawn: no run inherits one)."""
+        seal_descriptors()
+
     def start(self, spec: RunSpec) -> Run | None:
         """Spawn a run. Returns it, or None if it could not start (then on_end has been called)."""
         if self._closing:
@@ -414,28 +420,25 @@ class Runner:
             env = build_env(spec)
             cmd = spec.command
             argv = ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
-            popen = subprocess.Popen(
-                argv, bufsize=0, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, close_fds=True, start_new_session=True, env=env,
-                cwd=spec.workdir or ident.home_cwd, user=ident.uid, group=ident.gid,
-                extra_groups=ident.groups,
-            )
+            child = self._spawner.spawn(argv, env, spec.workdir or ident.home_cwd, uid=ident.uid, gid=ident.gid,
+                                        groups=ident.groups)
         except Exception as exc:  # any failure to start is a failed run, never an error in the loop
             self._spawn_failed(spec, _describe(exc))
             return None
-        # Popen returns after the child's exec succeeded: this is when the run really started.
+        # The spawn returns after the child's exec succeeded: this is when the run really started.
         started_at = time.time()
         start_mono = time.monotonic()
-        run = Run(spec, popen, popen.pid, started_at, start_mono)
+        popen = child.popen
+        run = Run(spec, popen, child.pid, started_at, start_mono)
         self._runs[spec.run_id] = run
         self._by_pid[run.pid] = run
         self._counts[spec.task] = self._counts.get(spec.task, 0) + 1
         try:
-            for name, file in (("stdout", popen.stdout), ("stderr", popen.stderr)):
-                stream = _Stream(name, file)
+            files = (popen.stdout, popen.stderr) if popen is not None else (None, None)
+            run._streams += [_Stream("stdout", child.stdout, files[0]), _Stream("stderr", child.stderr, files[1])]
+            for stream in run._streams:
                 # The read end only: the child's write end stays blocking, as programs expect.
                 fcntl.fcntl(stream.fd, fcntl.F_SETFL, os.O_NONBLOCK)
-                run._streams.append(stream)
             if spec.timeout is not None:
                 run._timeout_handle = self._loop.call_later(spec.timeout, self._on_timeout, run)
             self._unwatched.append(run)
@@ -531,7 +534,7 @@ class Runner:
                 self._loop.call_soon(self._adopted_exit, run)
         # Its pipes only once the pidfd pins the process and its start time says it is the run's.
         for name, fd in _reattach_output(pid) if alive else ():
-            stream = _Stream(name, open(fd, "rb", buffering=0))  # noqa: SIM115 (closed by _close_stream)
+            stream = _Stream(name, fd)  # closed by _close_stream
             run._streams.append(stream)
             self._watch(run, stream)
         if spec.timeout is not None:  # its clock started with the run, not with this daemon
@@ -662,7 +665,10 @@ class Runner:
             else:
                 run.dropped_bytes += len(line)
         with contextlib.suppress(OSError):
-            stream.file.close()
+            if stream.file is not None:
+                stream.file.close()
+            else:
+                os.close(stream.fd)
 
     # --- exits ---
 

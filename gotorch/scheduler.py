@@ -282,6 +282,7 @@ class Scheduler:
                 except Exception as exc:
                     self.bus.publish(FireFailed(a.task.name, _iso(a.scheduled), exc))
         self.queue.settle()
+        self.runner.seal_descriptors()  # for the next second's spawns: see gotorch.spawn
         if self.fleet is not None:  # after the fires: claim the next ones, well ahead of their boundary
             self.fleet.prepare(math.floor(wall), lambda name: self.held(name) is not None, self._busy)
         errors: list[TaskError] = []

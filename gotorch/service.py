@@ -207,6 +207,7 @@ class Service:
             for name in skipped:
                 self.bus.publish(TaskNotHere(name))
             self._set_fleet(self.config)  # before any daemon copy starts: fleet ones wait for their election
+            sched.runner.seal_descriptors()  # after the watcher's inotify descriptor exists, before any run
             sched.adopt(found.survivors, {n: t for n, (t, _) in here.items()})
             sched.apply(here, at_start=True)
             if self.fleet is not None:

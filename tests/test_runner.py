@@ -176,8 +176,8 @@ def test_exit_codes_and_statuses(h: Harness) -> None:
     assert (r_bad.status, r_bad.exit_code, r_bad.signal) == ("failed", 3, None)
     # Killed by a signal we did not send: a failure, not "killed".
     assert (r_sig.status, r_sig.exit_code, r_sig.signal) == ("failed", None, "SIGKILL")
-    assert ok.popen is not None and ok.popen.returncode == 0
-    assert sig.popen is not None and sig.popen.returncode == -signal.SIGKILL
+    assert ok.exit_status is not None and os.waitstatus_to_exitcode(ok.exit_status) == 0
+    assert sig.exit_status is not None and os.waitstatus_to_exitcode(sig.exit_status) == -signal.SIGKILL
 
     start = h.events("run.start", ok.spec.run_id)
     assert len(start) == 1 and start[0]["pid"] == ok.pid and start[0]["task"] == "t"
