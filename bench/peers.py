@@ -54,7 +54,8 @@ WINDOW = int(os.environ.get("BENCH_SECONDS", "30"))
 REPEATS = int(os.environ.get("BENCH_PEERS_REPEATS") or os.environ.get("BENCH_REPEATS", "2"))
 SETTLE = 3.0  # seconds from ready to the start of the window
 RELOADS = 3
-CONTENDERS = ("floor", "aps", "torch")
+# BENCH_CONTENDERS=torch,floor: a subset, to iterate on one contender (the table then shows the others empty).
+CONTENDERS = tuple(os.environ.get("BENCH_CONTENDERS", "floor,aps,torch").split(","))
 Entry = tuple[str, str, Path | None]  # task name, schedule, record file (None: a dormant /bin/true)
 Figures = dict[str, float]
 
@@ -284,7 +285,7 @@ def bench_peers(parts: list[str]) -> list[Row]:
     print(f"peers: {', '.join(parts)}; window {WINDOW} s after {SETTLE:g} s settle, {REPEATS} repeats "
           f"(floor, aps, torch interleaved), {os.cpu_count()} cores; cells: median [min..max] over repeats")
     results: dict[str, dict[str, dict[str, list[float]]]] = {
-        n: {k: {key: [] for key, _, _ in ROWS[n]} for k in CONTENDERS} for n in peers}
+        n: {k: {key: [] for key, _, _ in ROWS[n]} for k in ("floor", "aps", "torch")} for n in peers}
     with tempfile.TemporaryDirectory(prefix="torch-bench-") as tmp:
         d = Path(tmp)
         rec = _compile_recorder(d)
