@@ -20,8 +20,8 @@ import ipaddress
 import os
 import pickle
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from gotorch import accounts
+from gotorch import accounts, task_sources
 from gotorch.config_errors import ConfigError as ConfigError
 from gotorch.config_errors import ConfigInvalid as ConfigInvalid
 from gotorch.durations import DURATION_HINT, SIZE_HINT, parse_duration, parse_size
@@ -109,6 +109,9 @@ class Config:
     tasks: tuple[Task, ...]
     digest: str
     fleet: FleetSettings | None = None  # the top-level `fleet:` block, if any
+    # The digest of each task's entry (gotorch.task_sources), by name, as parsed: what the next
+    # reload's process needs to recognise unchanged entries. Not kept by the running daemon.
+    sources: Mapping[str, bytes] | None = field(default=None, compare=False, repr=False)
 
     @property
     def short_hash(self) -> str:
@@ -496,9 +499,14 @@ class _Loader(yaml.CSafeLoader):
 class _Walker:
     """Turns composed YAML nodes into Python values while collecting located errors."""
 
-    def __init__(self, filename: str, loader: Any) -> None:
+    def __init__(self, filename: str, loader: Any, text: str = "", known: Mapping[bytes, Task] | None = None,
+                 check_accounts: bool = True) -> None:
         self.filename = filename
         self.loader = loader
+        self.text = text
+        self.known = known or {}
+        self.check_accounts = check_accounts
+        self.sources: dict[str, bytes] = {}  # digest of each task's entry by name (task_sources)
         self.errors: list[ConfigError] = []
         self.budget = MAX_VALUES
         # One object per distinct value (see `shared`), keyed by type too: 1, 1.0 and True are equal.
@@ -613,14 +621,16 @@ def _yaml_error(filename: str, exc: yaml.YAMLError, text: str) -> ConfigError:
 
 
 def parse_config(text: str, filename: str = "tasks.yaml", *, check_accounts: bool = True,
-                 default_timezone: str | None = None) -> Config:
+                 default_timezone: str | None = None, known: Mapping[bytes, Task] | None = None) -> Config:
     """Validate task-file `text`; return a Config or raise ConfigInvalid with every error found.
 
     `default_timezone` is the zone for tasks that name none and have no `defaults.timezone` (the
-    host's zone, supplied by the caller so this function reads nothing from the host).
+    host's zone, supplied by the caller so this function reads nothing from the host). `known`:
+    tasks of an earlier parse by the digest of their entry (Config.sources): an entry with one of
+    those digests is that task again, not validated anew (see gotorch.task_sources).
     """
     with _collector_paused():
-        return _parse_config(text, filename, check_accounts, default_timezone)
+        return _parse_config(text, filename, check_accounts, default_timezone, known or {})
 
 
 @contextlib.contextmanager
@@ -640,7 +650,8 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _parse_config(text: str, filename: str, check_accounts: bool, default_timezone: str | None) -> Config:
+def _parse_config(text: str, filename: str, check_accounts: bool, default_timezone: str | None,
+                  known: Mapping[bytes, Task]) -> Config:
     global _ACCOUNT_CHECKS
     digest = hashlib.sha256(text.encode()).hexdigest()
     loader = _Loader(text)
@@ -649,7 +660,7 @@ def _parse_config(text: str, filename: str, check_accounts: bool, default_timezo
             root = loader.get_single_node()
         except yaml.YAMLError as exc:
             raise ConfigInvalid([_yaml_error(filename, exc, text)]) from None
-        w = _Walker(filename, loader)
+        w = _Walker(filename, loader, text, known, check_accounts)
         _ACCOUNT_CHECKS = check_accounts
         try:
             tasks, fleet = _parse_root(w, root, default_timezone or "UTC")
@@ -671,7 +682,7 @@ def _parse_config(text: str, filename: str, check_accounts: bool, default_timezo
         loader.dispose()
     if w.errors:
         raise ConfigInvalid(sorted(w.errors, key=lambda e: (e.line, e.col)))
-    return Config(filename, tuple(tasks), digest, fleet)
+    return Config(filename, tuple(tasks), digest, fleet, w.sources)
 
 
 def _parse_root(w: _Walker, root: yaml.Node | None, host_tz: str) -> tuple[list[Task], FleetSettings | None]:
@@ -746,8 +757,15 @@ def _parse_tasks(w: _Walker, root: yaml.Node, top: dict[str, _Entry], host_tz: s
 
     tasks: list[Task] = []
     names: dict[str, int] = {}
+    context = task_sources.context_key(w.text, top["defaults"].value_node if "defaults" in top else None,
+                                       tz_default, w.check_accounts)
     for index, node in enumerate(tasks_node.value, start=1):
-        name, task = _parse_task(w, node, index, defaults, tz_default)
+        key = task_sources.node_key(w.text, node, context) if context is not None else None
+        name, task = _known_task(w, node, key)
+        if name is None:
+            name, task = _parse_task(w, node, index, defaults, tz_default)
+        if key is not None and name is not None and task is not None:
+            w.sources[name] = key
         if name is not None and name in names:
             w.error(node, "name", f"duplicate task name (first used on line {names[name]})",
                     "task names are the identity across reloads: make each one unique", f"'{name}'")
@@ -757,6 +775,15 @@ def _parse_tasks(w: _Walker, root: yaml.Node, top: dict[str, _Entry], host_tz: s
         if task is not None:
             tasks.append(task)
     return tasks
+
+
+def _known_task(w: _Walker, node: yaml.Node, key: bytes | None) -> tuple[str | None, Task | None]:
+    """The task an earlier parse made of exactly this entry (at this entry's line), if still valid."""
+    task = w.known.get(key) if key is not None else None
+    if task is None or (w.check_accounts and not task_sources.still_valid(task)):
+        return None, None
+    line = node.start_mark.line + 1
+    return task.name, task if task.line == line else replace(task, line=line)
 
 
 def _parse_defaults(w: _Walker, node: yaml.Node) -> dict[str, Any]:
@@ -889,7 +916,7 @@ def read_task_file(path: str | Path, trust_euid: int | None = None) -> FileBytes
 
 
 def parse_bytes(raw: bytes, filename: str, *, check_accounts: bool = True,
-                default_timezone: str | None = None) -> Config:
+                default_timezone: str | None = None, known: Mapping[bytes, Task] | None = None) -> Config:
     """Validate the raw bytes of a task file (UTF-8 is checked here, with the line of the first bad byte)."""
     try:
         text = raw.decode("utf-8")
@@ -897,4 +924,5 @@ def parse_bytes(raw: bytes, filename: str, *, check_accounts: bool = True,
         line = raw[: exc.start].count(b"\n") + 1
         raise ConfigInvalid([ConfigError(filename, line, 1, "", "the file is not valid UTF-8",
                                          "save it as UTF-8")]) from None
-    return parse_config(text, filename, check_accounts=check_accounts, default_timezone=default_timezone)
+    return parse_config(text, filename, check_accounts=check_accounts, default_timezone=default_timezone,
+                        known=known)

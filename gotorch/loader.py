@@ -26,8 +26,8 @@ import os
 import pickle
 import time
 import zlib
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from gotorch import accounts, reload_process
@@ -53,12 +53,16 @@ CHILD_EXTRA_MEMORY = reload_process.CHILD_EXTRA_MEMORY
 def load_for_daemon(path: Path, default_timezone: str, *, collect: bool = True) -> Config:
     """Load the task file the daemon will run: the trust checks of `trustedfs`, then validation."""
     euid = os.geteuid()
-    config = compacted(lambda: _validate(read_task_file(path, euid), path, default_timezone, euid), collect=collect)
+    # Without the entries' digests: the daemon keeps only its reloads' blobs (Loaded.blob) for them,
+    # so the first reload after start validates every entry, and the later ones only new entries.
+    config = compacted(lambda: replace(_validate(read_task_file(path, euid), path, default_timezone, euid),
+                                       sources=None), collect=collect)
     return config
 
 
-def _validate(got: FileBytes, path: Path, default_timezone: str, euid: int) -> Config:
-    config = parse_bytes(got.data, str(path), default_timezone=default_timezone)
+def _validate(got: FileBytes, path: Path, default_timezone: str, euid: int,
+              known: Mapping[bytes, Task] | None = None) -> Config:
+    config = parse_bytes(got.data, str(path), default_timezone=default_timezone, known=known)
     if euid != 0:
         problems = account_problems(config, euid)
         if problems:
@@ -145,8 +149,17 @@ class Base:
         return config, applicable(config, self.addresses)[0]
 
 
+def known_tasks(config: Config) -> dict[bytes, Task]:
+    """The tasks of `config` by the digest of their entry, for the next parse (see gotorch.task_sources)."""
+    sources = config.sources or {}
+    return {key: t for t in config.tasks if (key := sources.get(t.name)) is not None}
+
+
 def pack_config(config: Config) -> bytes:
-    """The config as the daemon keeps it for its next reload: a compressed pickle (10,000 tasks: ~0.3 MB)."""
+    """The config as the daemon keeps it for its next reload: a compressed pickle (10,000 tasks: ~0.5 MB).
+
+    With the digests of its task entries (Config.sources), when it has them.
+    """
     return zlib.compress(pickle.dumps(config, protocol=pickle.HIGHEST_PROTOCOL), 1)
 
 
@@ -198,10 +211,11 @@ class Loaded:
         return Config(self.path, tasks, self.digest, self.fleet), part, hints
 
 
-def _pack(config: Config, addresses: list[IPAddress], base: Base | None, wall: float) -> Loaded:
-    """The answer to a daemon running `base` (None: nothing yet, so everything is new)."""
+def _pack(config: Config, addresses: list[IPAddress], loaded_base: tuple[Config, dict[str, tuple[Task, str | None]]]
+          | None, wall: float) -> Loaded:
+    """The answer to a daemon running `loaded_base` (None: nothing yet, so everything is new)."""
     dump = functools.partial(pickle.dumps, protocol=pickle.HIGHEST_PROTOCOL)
-    base_config, running = base.load() if base is not None else (None, {})
+    base_config, running = loaded_base if loaded_base is not None else (None, {})
     old = {t.name: t for t in base_config.tasks} if base_config is not None else {}
     # A task equal to the base's but on another line is sent too: the daemon's copy says where it is.
     fresh = [t for t in config.tasks if (o := old.get(t.name)) is None or o != t or o.line != t.line]
@@ -234,9 +248,11 @@ def _load_here(path: Path, host_ips: str | None, euid: int, base: Base | None, s
     accounts.clear()  # a cache inherited or kept from before would miss `useradd`s since
     try:
         got = read_settled(file, euid, settle=SETTLE_S if settle else 0.0)
-        config = _validate(got, path, local_timezone().key, euid)
+        loaded_base = base.load() if base is not None else None
+        known = known_tasks(loaded_base[0]) if loaded_base is not None else None
+        config = _validate(got, path, local_timezone().key, euid, known)
         addresses = host_addresses(host_ips)
-        return _pack(config, addresses, base, time.time())
+        return _pack(config, addresses, loaded_base, time.time())
     except ConfigInvalid as exc:
         return LoadFailed(exc.errors)
     except Untrusted as exc:
