@@ -27,7 +27,7 @@ import pickle
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gotorch import accounts, reload_process
@@ -53,10 +53,10 @@ CHILD_EXTRA_MEMORY = reload_process.CHILD_EXTRA_MEMORY
 def load_for_daemon(path: Path, default_timezone: str, *, collect: bool = True) -> Config:
     """Load the task file the daemon will run: the trust checks of `trustedfs`, then validation."""
     euid = os.geteuid()
-    # Without the entries' digests: the daemon keeps only its reloads' blobs (Loaded.blob) for them,
-    # so the first reload after start validates every entry, and the later ones only new entries.
-    config = compacted(lambda: replace(_validate(read_task_file(path, euid), path, default_timezone, euid),
-                                       sources=None), collect=collect)
+    # Without the entries' digests (parse_config works them out only when asked): the daemon keeps
+    # them only in its reloads' blobs (Loaded.blob), so the first reload after start validates every
+    # entry, and the later ones only the entries they have not seen.
+    config = compacted(lambda: _validate(read_task_file(path, euid), path, default_timezone, euid), collect=collect)
     return config
 
 
@@ -249,7 +249,7 @@ def _load_here(path: Path, host_ips: str | None, euid: int, base: Base | None, s
     try:
         got = read_settled(file, euid, settle=SETTLE_S if settle else 0.0)
         loaded_base = base.load() if base is not None else None
-        known = known_tasks(loaded_base[0]) if loaded_base is not None else None
+        known = known_tasks(loaded_base[0]) if loaded_base is not None else {}
         config = _validate(got, path, local_timezone().key, euid, known)
         addresses = host_addresses(host_ips)
         return _pack(config, addresses, loaded_base, time.time())
