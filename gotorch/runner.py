@@ -1015,6 +1015,7 @@ class Runner:
         left = procfs.children_of(os.getpid())
         if left:
             self._bus.publish(ChildrenLeft(left))
+        self._spawner.close()  # nothing starts any more (_closing): give back /dev/null and the directory
 
     def _signal_orphans(self, sig: signal.Signals, skip: set[int] | None = None) -> list[int]:
         """Signal our children that are no run's main process (and not in `skip`); return them."""
