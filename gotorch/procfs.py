@@ -33,6 +33,7 @@ class Stat(NamedTuple):
     pgrp: int
     session: int = 0
     start: int = 0  # clock ticks after boot: with the pid, names one process for the life of the host
+    flags: int = 0  # the kernel's PF_* flags (PF_KTHREAD: a kernel thread)
 
 
 # A descriptor held in reserve (reserve_descriptor): a daemon out of descriptors (EMFILE) must still
@@ -107,7 +108,8 @@ def stat(pid: int) -> Stat | None:
     # The command name may contain spaces and parentheses; the fields start after the last ')'.
     fields = data[data.rfind(b")") + 2:].split()
     try:
-        return Stat(fields[0].decode(), int(fields[1]), int(fields[2]), int(fields[3]), int(fields[19]))
+        return Stat(fields[0].decode(), int(fields[1]), int(fields[2]), int(fields[3]), int(fields[19]),
+                    int(fields[6]))
     except (IndexError, ValueError):
         return None
 
@@ -272,14 +274,8 @@ def _recheck_blank(blank: list[int], needle: bytes, wanted: set[str], found: dic
 
 def _user_process(pid: int) -> bool:
     """True if `pid` is alive (not a zombie) and not a kernel thread."""
-    data = _read(f"/proc/{pid}/stat")
-    if data is None:
-        return False
-    fields = data[data.rfind(b")") + 2:].split()
-    try:
-        return fields[0] != b"Z" and not int(fields[6]) & PF_KTHREAD
-    except (IndexError, ValueError):
-        return False
+    st = stat(pid)
+    return st is not None and st.state != "Z" and not st.flags & PF_KTHREAD
 
 
 def cmdline(pid: int) -> list[str] | None:
