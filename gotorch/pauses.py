@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gotorch import threads
 from gotorch.durations import MAX_DURATION
 from gotorch.trustedfs import Untrusted, check_dir, kind_of, read_bounded
 
@@ -322,7 +323,7 @@ class PauseStore:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
         self.path = state_dir / FILE_NAME
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch-pauses")
+        self._pool = threads.executor(max_workers=1, name="torch-pauses")
 
     def load(self) -> dict[str, Hold]:
         """The saved holds (blocking: call it in a thread); PauseFileError if the file is unusable."""

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gotorch import __version__, accounts, adoption, control, procfs, reload_process
+from gotorch import __version__, accounts, adoption, control, procfs, reload_process, threads
 from gotorch import log as logmod
 from gotorch.alerts import Alerts
 from gotorch.commands import Commands
@@ -153,6 +153,7 @@ class Service:
         # The loop must get the GIL back quickly when a boundary comes while the reload thread parses
         # (or the watcher thread works): the default 5 ms hand-over would be 5 ms of lateness.
         sys.setswitchinterval(0.0005)
+        loop.set_default_executor(threads.executor(name="torch-io"))  # workers that never take our signals
         subreaper = set_child_subreaper()
         procfs.reserve_descriptor()  # so that a daemon out of descriptors can still find what to kill
         sched = Scheduler(loop, state_dir=self.paths.state_dir, stop_timeout=self.stop_timeout, bus=self.bus)

@@ -16,6 +16,8 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
+from gotorch.threads import signals_blocked
+
 DEBOUNCE = 0.5
 # Reading the file (our own reload) produces "opened"/"closed_no_write": they must not trigger anything.
 RELEVANT = {"created", "modified", "moved", "deleted", "closed"}
@@ -54,17 +56,19 @@ class FileWatcher:
         watched = {self.path.parent: {self.path.name}}
         target = self.path.resolve()
         watched.setdefault(target.parent, set()).add(target.name)
-        try:
-            obs = Observer()
-            for directory, names in watched.items():
-                obs.schedule(_Handler(names, self._post), str(directory), recursive=False)
-            obs.start()
-        except OSError:
-            obs = PollingObserver(timeout=1)
-            for directory, names in watched.items():
-                obs.schedule(_Handler(names, self._post), str(directory), recursive=False)
-            obs.start()
-            self.mode = "polling"
+        # watchdog starts threads in the constructor, in schedule() and in start(): all inherit the mask.
+        with signals_blocked():
+            try:
+                obs = Observer()
+                for directory, names in watched.items():
+                    obs.schedule(_Handler(names, self._post), str(directory), recursive=False)
+                obs.start()
+            except OSError:
+                obs = PollingObserver(timeout=1)
+                for directory, names in watched.items():
+                    obs.schedule(_Handler(names, self._post), str(directory), recursive=False)
+                obs.start()
+                self.mode = "polling"
         self._observer = obs
         return self.mode
 

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from gotorch.fleet.etcd import Claim, Etcd, Unreachable
 from gotorch.fleet.settings import FleetSettings
+from gotorch.threads import signals_blocked
 
 # A clock further than this from etcd's stops competing for fleet fires (it could win instants early).
 MAX_SKEW_S = 2.0
@@ -130,7 +131,8 @@ class Coordinator:
     def start(self) -> None:
         """Start the thread (it connects lazily: an unreachable etcd is reported, never fatal)."""
         self._thread = threading.Thread(target=self._run, name="torch-fleet", daemon=True)
-        self._thread.start()
+        with signals_blocked():
+            self._thread.start()
 
     def stop(self, timeout: float = 3.0) -> None:
         """Stop the thread; it revokes the host lease on its way out, freeing our elections at once."""

@@ -49,6 +49,7 @@ from pathlib import Path
 from gotorch import trustedfs
 from gotorch.history import schema
 from gotorch.history.rows import NonRun, Row, RunAdoptedRow, RunBegan, RunFinished, RunProcess, RunsLost
+from gotorch.threads import signals_blocked
 
 FILE_MODE = 0o640
 # Short: the only other users of the database are readers (`torch history`), which WAL lets run
@@ -266,7 +267,8 @@ class HistoryWriter:
         if self._thread is not None:
             raise RuntimeError("HistoryWriter.start() called twice")
         self._thread = threading.Thread(target=self._run, name="history-writer", daemon=True)
-        self._thread.start()
+        with signals_blocked():
+            self._thread.start()
 
     def put(self, row: Row) -> bool:
         """Queue `row` for writing; never blocks. False (and counted in `dropped`) if the queue is full."""
