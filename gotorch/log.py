@@ -57,8 +57,12 @@ def _as_text(value: object) -> str:
     return str(value)
 
 
+# One encoder for every line: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(default=_as_text, ensure_ascii=False)
+
+
 def _json(fields: dict[str, Any]) -> str:
-    return json.dumps(fields, default=_as_text, ensure_ascii=False)
+    return _ENCODER.encode(fields)
 
 
 def _console(fields: dict[str, Any]) -> str:

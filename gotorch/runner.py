@@ -31,6 +31,7 @@ will be taken by `reap()`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ctypes
 import fcntl
@@ -374,7 +375,8 @@ class Runner:
         # TERM-ignoring members of its group still have to be killed.
         self._escalations: dict[str, _Escalation] = {}
         self._scratch = bytearray(CHUNK)  # drained output lands here: no allocation per read
-        self._unwatched: list[Run] = []  # started less than WATCH_AFTER_S ago (their pipes not yet watched)
+        # Started less than WATCH_AFTER_S ago (their pipes not yet watched), oldest first.
+        self._unwatched: collections.deque[Run] = collections.deque()
         self._watch_handle: asyncio.TimerHandle | None = None
         self._closing = False
         self._bus = bus if bus is not None else logging_bus()
@@ -473,7 +475,18 @@ class Runner:
     def _watch_pending(self) -> None:
         """Hand the pipes of runs still going WATCH_AFTER_S after their start to the loop's selector."""
         self._watch_handle = None
-        runs, self._unwatched = self._unwatched, []
+        # A child that exited while the loop was busy spawning has its SIGCHLD still queued: collect
+        # it first, so that it is read and finished now instead of watched and tracked for nothing.
+        self.reap()
+        # Each run's own age counts, not the first's: the spawns of a busy boundary take milliseconds,
+        # and the last of them must get its WATCH_AFTER_S too (most short runs are reaped by then).
+        due = time.monotonic() - WATCH_AFTER_S
+        unwatched = self._unwatched
+        runs = []
+        while unwatched and unwatched[0]._start_mono <= due:
+            runs.append(unwatched.popleft())
+        if unwatched:
+            self._watch_handle = self._loop.call_later(unwatched[0]._start_mono - due, self._watch_pending)
         for run in runs:
             if run.ended:
                 continue
