@@ -42,7 +42,7 @@ import signal
 import stat
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
@@ -65,7 +65,7 @@ from gotorch.events import (
     RunTracked,
 )
 from gotorch.log import logging_bus
-from gotorch.spawn import Spawner, seal_descriptors
+from gotorch.spawn import Spawned, Spawner, seal_descriptors
 
 # One pipe's default capacity on Linux: one read usually empties it.
 CHUNK = 64 * 1024
@@ -381,6 +381,8 @@ class Runner:
         self._closing = False
         self._bus = bus if bus is not None else logging_bus()
         self._spawner = Spawner()
+        # Inside batch(): runs spawned whose pipes, timers and start event wait for the batch's end.
+        self._batch: list[tuple[Run, Spawned]] | None = None
 
     # --- queries ---
 
@@ -409,6 +411,25 @@ class Runner:
         """Mark every daemon descriptor above 2 close-on-exec (see gotorch.spawn: no run inherits one)."""
         seal_descriptors()
 
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Start the runs of one boundary back to back: what follows each spawn waits for the block's end.
+
+        Inside the block, `start` spawns and counts the run (max_instances sees it at once) and
+        returns it; its pipes, timeout and start event are set up when the block ends, so the last
+        process of a busy second starts as early as it can. Nothing in the block may wait on the loop.
+        """
+        if self._batch is not None:  # nested: the outer block sets them up
+            yield
+            return
+        self._batch = []
+        try:
+            yield
+        finally:
+            pending, self._batch = self._batch, None
+            for run, child in pending:
+                self._set_up(run, child)
+
     def start(self, spec: RunSpec) -> Run | None:
         """Spawn a run. Returns it, or None if it could not start (then on_end has been called)."""
         if self._closing:
@@ -430,11 +451,19 @@ class Runner:
         # The spawn returns after the child's exec succeeded: this is when the run really started.
         started_at = time.time()
         start_mono = time.monotonic()
-        popen = child.popen
-        run = Run(spec, popen, child.pid, started_at, start_mono)
+        run = Run(spec, child.popen, child.pid, started_at, start_mono)
         self._runs[spec.run_id] = run
         self._by_pid[run.pid] = run
         self._counts[spec.task] = self._counts.get(spec.task, 0) + 1
+        if self._batch is not None:
+            self._batch.append((run, child))
+        else:
+            self._set_up(run, child)
+        return run
+
+    def _set_up(self, run: Run, child: Spawned) -> None:
+        """Take over a spawned run's pipes, arm its timeout, announce it."""
+        spec, popen = run.spec, child.popen
         try:
             files = (popen.stdout, popen.stderr) if popen is not None else (None, None)
             run._streams += [_Stream("stdout", child.stdout, files[0]), _Stream("stderr", child.stderr, files[1])]
@@ -448,7 +477,8 @@ class Runner:
                 self._watch_handle = self._loop.call_later(WATCH_AFTER_S, self._watch_pending)
         except Exception as exc:
             self._setup_failed(run, exc)
-            return run
+            return
+        started_at = run.started_at
         lateness = (round((started_at - spec.scheduled_ts) * 1000, 3)
                     if spec.scheduled_ts is not None else None)
         # Published on the next loop turn so runs firing on the same boundary are all spawned before
@@ -457,7 +487,6 @@ class Runner:
                              RunStarted(spec.task, spec.run_id, run.pid, run.scheduled_at, lateness,
                                         spec.trigger, spec.attempt, spec.scheduled_ts, started_at,
                                         spec.requested_by))
-        return run
 
     def _setup_failed(self, run: Run, exc: Exception) -> None:
         # The loop is closed or broken: do not leave an unwatched process behind.

@@ -275,12 +275,13 @@ class Scheduler:
         """
         wall = time.time()
         actions = self.queue.tick(wall, time.monotonic())
-        for a in actions:
-            if isinstance(a, FireNow):
-                try:
-                    self._fire(a)
-                except Exception as exc:
-                    self.bus.publish(FireFailed(a.task.name, _iso(a.scheduled), exc))
+        with self.runner.batch():  # every due process first; their pipes and timers after the last
+            for a in actions:
+                if isinstance(a, FireNow):
+                    try:
+                        self._fire(a)
+                    except Exception as exc:
+                        self.bus.publish(FireFailed(a.task.name, _iso(a.scheduled), exc))
         self.queue.settle()
         self.runner.seal_descriptors()  # for the next second's spawns: see gotorch.spawn
         if self.fleet is not None:  # after the fires: claim the next ones, well ahead of their boundary

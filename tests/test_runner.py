@@ -207,6 +207,23 @@ def test_runs_and_running_count(h: Harness) -> None:
     assert h.runner.running_count("a") == 0 and h.runner.runs == {}
 
 
+def test_a_batch_spawns_first_and_sets_up_pipes_timers_and_events_at_its_end(h: Harness) -> None:
+    with h.runner.batch():
+        runs = [h.start("echo out-$TORCH_RUN_ID; echo err >&2", task="a", timeout=30.0) for _ in range(3)]
+        # Spawned and counted (max_instances sees them), nothing else yet.
+        assert h.runner.running_count("a") == 3
+        assert all(r.pid > 0 and not r._streams and r._timeout_handle is None for r in runs)
+        with h.runner.batch():  # nested: the outer block does the set-up
+            inner = h.start("echo inner", task="a")
+        assert not inner._streams
+    assert all(len(r._streams) == 2 and r._timeout_handle is not None for r in runs)
+    for run in runs:
+        assert h.wait_end(run).status == "ok"
+        assert h.lines(run) in (["out-" + run.spec.run_id, "err"], ["err", "out-" + run.spec.run_id])
+        assert h.events("run.start", run.spec.run_id)
+    assert h.wait_end(inner).status == "ok" and h.lines(inner) == ["inner"]
+
+
 def test_spawn_failures_return_none_and_report_failed(h: Harness) -> None:
     specs = [
         h.spec(("/nonexistent/program",)),
