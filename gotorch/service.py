@@ -57,14 +57,14 @@ from gotorch.history import DEFAULT_SETTINGS, HistorySettings
 from gotorch.history.recorder import Recorder
 from gotorch.history.writer import HistoryWriter
 from gotorch.hosts import IPAddress, host_addresses
-from gotorch.loader import Base, LoadFailed, load_in_child, pack_config
+from gotorch.loader import Base, LoadFailed, load_in_child, pack_config, preload
 from gotorch.metrics import Metrics
 from gotorch.pauses import PauseStore
 from gotorch.plan import applicable, reload_plan
 from gotorch.reload_process import ReloadProcess
 from gotorch.retries import Retries
 from gotorch.runner import set_child_subreaper
-from gotorch.scheduler import Scheduler
+from gotorch.scheduler import QUICK_UNTIL, Scheduler
 from gotorch.watcher import FileWatcher
 from gotorch.web import Listen
 from gotorch.web.supervisor import WebSupervisor
@@ -447,7 +447,7 @@ class Service:
             sched = self.scheduler
             # The answer is the difference from what runs: that is the last config applied, unless
             # an apply broke off half way (then the whole config comes back and is diffed here).
-            base = Base(self._config_blob, self.addresses) if not self._half_applied and self._config_blob else None
+            base = self._base()
             spare, self._spare = self._spare, None
             outcome = await load_in_child(self.config_path, self.host_ips, base, settle=settle, process=spare)
             if isinstance(outcome, LoadFailed):
@@ -465,7 +465,8 @@ class Service:
             # The child sent the difference from what runs: only the tasks it adds or changes are
             # unpickled (a slice at a time, each early in a second) and only the plan's names are
             # touched, so a reload that changes one task of 10,000 costs the loop a few ms.
-            config, part, hints = await outcome.unpack(self.config, sched.quiet_moment)
+            config, part, hints = await outcome.unpack(self.config, sched.quiet_moment,
+                                                       functools.partial(sched.quiet_moment, until=QUICK_UNTIL))
             plan = outcome.plan
             if base is None:  # the plan is against nothing: work it out against what runs
                 plan = reload_plan({n: (st.task, st.matched_ip) for n, st in sched.states.items()}, part)
@@ -524,14 +525,32 @@ class Service:
                 else:
                     self._prepare_spare()
 
+    def _base(self) -> Base | None:
+        """What the next reload's answer is the difference from (None: from nothing)."""
+        return Base(self._config_blob, self.addresses) if not self._half_applied and self._config_blob else None
+
     def _prepare_spare(self) -> None:
-        """Start the next reload's process ahead of time, at a quiet moment (its imports take ~0.2 s)."""
+        """Start the next reload's process ahead of time, at a quiet moment (its imports take ~0.2 s).
+
+        It is handed the base of that reload at once, and unpacks it while it waits.
+        """
         async def spawn_when_quiet() -> None:
             assert self.scheduler is not None
             await self.scheduler.quiet_moment()
             if self._spare is None and not self.scheduler.stopping and not self._reloading:
-                with contextlib.suppress(OSError):  # the reload starts one itself then, and reports
-                    self._spare = reload_process.spawn()
+                try:  # on failure the reload starts one itself, and reports
+                    spare = reload_process.spawn()
+                except OSError:
+                    return
+                try:
+                    await preload(spare, self._base())
+                except BaseException:  # cancelled (stop), or it died: a half-sent frame is no use
+                    spare.kill()
+                    raise
+                if self._spare is None and not self.scheduler.stopping and not self._reloading:
+                    self._spare = spare
+                else:  # a reload began meanwhile, with a process of its own
+                    spare.kill()
 
         assert self.loop is not None
         self._spare_task = self.loop.create_task(spawn_when_quiet())

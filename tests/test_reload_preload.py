@@ -1,0 +1,112 @@
+"""A spare reload process given the running config ahead of time (loader.preload), against real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gotorch import loader, reload_process
+from gotorch.config import parse_config
+from gotorch.hosts import host_addresses
+from gotorch.loader import Base, Loaded, LoadFailed, load_in_child, pack_config, preload
+
+HEAD = 'version: 1\ndefaults: {timezone: UTC}\ntasks:\n'
+TASK = '  - {{name: {name}, schedule: "@yearly", command: "true"}}\n'
+
+
+def _file(*names: str) -> str:
+    return HEAD + "".join(TASK.format(name=n) for n in names)
+
+
+@pytest.fixture
+def requests(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
+    """Every message the daemon side writes to a reload process, as written."""
+    sent: list[bytes] = []
+    real = loader._send
+
+    async def send(loop: asyncio.AbstractEventLoop, fd: int, data: bytes, *, close: bool = True) -> None:
+        sent.append(bytes(data))
+        await real(loop, fd, data, close=close)
+
+    monkeypatch.setattr(loader, "_send", send)
+    yield sent
+
+
+def _base(text: str) -> Base:
+    return Base(pack_config(parse_config(text, "tasks.yaml", check_accounts=False)), host_addresses("127.0.0.1"))
+
+
+def _reload(path: Path, ahead: Base | None, base: Base | None) -> Loaded | LoadFailed:
+    async def go() -> Loaded | LoadFailed:
+        spare = reload_process.spawn()
+        try:
+            await preload(spare, ahead)
+            return await load_in_child(path, "127.0.0.1", base, settle=False, process=spare)
+        finally:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(spare.pid, 0)
+    return asyncio.run(go())
+
+
+def _request_base(sent: list[bytes]) -> object:
+    request = pickle.loads(sent[-1])  # (fingerprint, path, host_ips, settle, base)
+    return request[4]
+
+
+def test_the_preloaded_base_is_not_sent_again_and_the_answer_is_against_it(tmp_path: Path,
+                                                                           requests: list[bytes]) -> None:
+    (tmp_path / "tasks.yaml").write_text(_file("a", "b", "new"))
+    base = _base(_file("a", "b"))
+    got = _reload(tmp_path / "tasks.yaml", base, base)
+    assert isinstance(got, Loaded), got
+    assert got.plan.added == ("new",) and got.plan.removed == () and got.plan.changed == ()
+    assert len(requests) == 2 and _request_base(requests) == reload_process.PRELOADED
+    assert len(requests[1]) < 1000  # the path and settings only
+
+
+def test_a_base_that_changed_since_the_preload_is_sent_whole(tmp_path: Path, requests: list[bytes]) -> None:
+    (tmp_path / "tasks.yaml").write_text(_file("a", "b", "new"))
+    stale, current = _base(_file("a", "old")), _base(_file("a", "b"))
+    got = _reload(tmp_path / "tasks.yaml", stale, current)
+    assert isinstance(got, Loaded), got
+    assert got.plan.added == ("new",) and got.plan.removed == ()  # against current, not the preload
+    sent = _request_base(requests)
+    assert isinstance(sent, Base) and sent.config == current.config
+
+
+def test_a_process_primed_with_nothing_gets_the_base_in_the_request(tmp_path: Path, requests: list[bytes]) -> None:
+    (tmp_path / "tasks.yaml").write_text(_file("a", "new"))
+    base = _base(_file("a"))
+    got = _reload(tmp_path / "tasks.yaml", None, base)
+    assert isinstance(got, Loaded) and got.plan.added == ("new",), got
+    assert isinstance(_request_base(requests), Base)
+
+
+def test_an_unusable_preload_fails_the_reload_as_transient(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The preload cannot be unpacked, yet the request relies on it: retried, never a wrong diff.
+    (tmp_path / "tasks.yaml").write_text(_file("a"))
+    broken = Base(b"not a packed config", host_addresses("127.0.0.1"))
+    monkeypatch.setattr(loader, "_same_base", lambda a, b: True)
+    got = _reload(tmp_path / "tasks.yaml", broken, broken)
+    assert isinstance(got, LoadFailed) and got.transient, got
+    assert "could not unpack" in got.errors[0].problem
+
+
+def test_preload_twice_is_refused() -> None:
+    async def go() -> None:
+        spare = reload_process.spawn()
+        try:
+            await preload(spare, None)
+            with pytest.raises(RuntimeError):
+                await preload(spare, None)
+        finally:
+            spare.kill()
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(spare.pid, 0)
+    asyncio.run(go())
