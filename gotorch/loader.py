@@ -27,7 +27,7 @@ import pickle
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from gotorch import accounts, reload_process
@@ -47,6 +47,9 @@ SETTLE_S = 0.5
 SETTLE_MAX_S = 30.0
 # A child that has not answered by then (a hung network filesystem) is killed; the reload is retried.
 CHILD_TIMEOUT_S = 120.0
+# The packed config follows the answer within ~0.1 s; a child that sends none by then is killed (the
+# next reload then diffs against nothing).
+BLOB_TIMEOUT_S = 30.0
 CHILD_EXTRA_MEMORY = reload_process.CHILD_EXTRA_MEMORY
 
 
@@ -198,13 +201,16 @@ class Loaded:
     digest: str
     path: str
     addresses: list[IPAddress]
-    blob: bytes  # pack_config of the whole new config: the next reload's Base
+    blob: bytes  # pack_config of the whole new config: the next reload's Base (b"": see blob_later)
     order: tuple[str, ...]  # every task's name, in file order
     fresh: list[bytes]  # pickles of the tasks that are not the base config's, SLICE at a time
     plan: Plan  # against Base.running (see plan.reload_plan)
     here: dict[str, str | None]  # matched address of each name the plan adds, changes or refreshes
     hints: bytes  # pickle of FireHints for the tasks the plan adds or changes
     fleet: FleetSettings | None = None  # the file's `fleet:` block
+    # Set by load_in_child when the child sends `blob` after the answer (see reload_process.main):
+    # the daemon applies the answer meanwhile; never pickled.
+    blob_later: asyncio.Future[bytes] | None = field(default=None, compare=False)
 
     async def unpack(self, base: Config, quiet: Callable[[], Awaitable[None]],
                      quick: Callable[[], Awaitable[None]] | None = None
@@ -234,8 +240,11 @@ class Loaded:
 
 
 def _pack(config: Config, addresses: list[IPAddress], loaded_base: tuple[Config, dict[str, tuple[Task, str | None]]]
-          | None, wall: float) -> Loaded:
-    """The answer to a daemon running `loaded_base` (None: nothing yet, so everything is new)."""
+          | None, wall: float, *, blob: bool = True) -> Loaded:
+    """The answer to a daemon running `loaded_base` (None: nothing yet, so everything is new).
+
+    `blob=False`: without the packed config (b""), for the caller to send after the answer.
+    """
     dump = functools.partial(pickle.dumps, protocol=pickle.HIGHEST_PROTOCOL)
     base_config, running = loaded_base if loaded_base is not None else (None, {})
     old = {t.name: t for t in base_config.tasks} if base_config is not None else {}
@@ -250,7 +259,8 @@ def _pack(config: Config, addresses: list[IPAddress], loaded_base: tuple[Config,
     plan = reload_plan(running, here)
     touched = (*plan.added, *plan.changed, *plan.unchanged)
     hints = precompute((here[n][0] for n in (*plan.added, *plan.changed)), wall)
-    return Loaded(config.digest, config.path, addresses, pack_config(config), tuple(t.name for t in config.tasks),
+    return Loaded(config.digest, config.path, addresses, pack_config(config) if blob else b"",
+                  tuple(t.name for t in config.tasks),
                   [dump(fresh[i:i + SLICE]) for i in range(0, len(fresh), SLICE)], plan,
                   {n: here[n][1] for n in touched}, dump(hints), config.fleet)
 
@@ -266,6 +276,12 @@ class LoadFailed:
 def _load_here(path: Path, host_ips: str | None, euid: int, base: Base | Prepared | None,
                settle: bool) -> Loaded | LoadFailed:
     """The child's work: settle, read, validate, compute next fires; every failure as a value."""
+    return _load_deferring(path, host_ips, euid, base, settle, defer=False)[0]
+
+
+def _load_deferring(path: Path, host_ips: str | None, euid: int, base: Base | Prepared | None, settle: bool, *,
+                    defer: bool = True) -> tuple[Loaded | LoadFailed, Config | None]:
+    """`_load_here`, with the config whose pack the answer leaves out (`defer`) for the caller to send."""
     file = str(path)
 
     def failed(problem: str, hint: str = "", *, transient: bool) -> LoadFailed:
@@ -279,21 +295,22 @@ def _load_here(path: Path, host_ips: str | None, euid: int, base: Base | Prepare
         known = prepared.known if prepared is not None else {}
         config = _validate(got, path, local_timezone().key, euid, known)
         addresses = host_addresses(host_ips)
-        return _pack(config, addresses, loaded_base, time.time())
+        return _pack(config, addresses, loaded_base, time.time(), blob=not defer), config if defer else None
     except ConfigInvalid as exc:
-        return LoadFailed(exc.errors)
+        return LoadFailed(exc.errors), None
     except Untrusted as exc:
-        return failed(exc.problem_for(file), exc.hint, transient=False)
+        return failed(exc.problem_for(file), exc.hint, transient=False), None
     except Unsettled as exc:
-        return failed(str(exc), "torch applies a file once it has not changed for half a second", transient=True)
+        return failed(str(exc), "torch applies a file once it has not changed for half a second",
+                      transient=True), None
     except MemoryError:
         return failed(f"parsing needs more than {CHILD_EXTRA_MEMORY >> 20} MiB of memory",
-                      "a task file needs far less: look for huge or repeated (aliased) values", transient=False)
+                      "a task file needs far less: look for huge or repeated (aliased) values", transient=False), None
     except OSError as exc:
         return failed(f"cannot read the task file: {exc.strerror or exc}",
-                      "torch retries; check the path and the filesystem", transient=True)
+                      "torch retries; check the path and the filesystem", transient=True), None
     except Exception as exc:  # a bug or an unmodelled corner of YAML: say what, do not retry blindly
-        return failed(f"internal error while loading: {exc!r}", "please report it", transient=False)
+        return failed(f"internal error while loading: {exc!r}", "please report it", transient=False), None
 
 
 def _set_done(future: asyncio.Future[None]) -> None:
@@ -333,6 +350,11 @@ async def preload(process: ReloadProcess, base: Base | None) -> None:
     process.primed, process.preloaded = True, base
 
 
+def _retrieved(future: asyncio.Future[bytes]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 def _same_base(a: object, b: Base | None) -> bool:
     return isinstance(a, Base) and b is not None and a.config is b.config and a.addresses == b.addresses
 
@@ -359,8 +381,11 @@ async def load_in_child(path: Path, host_ips: str | None, base: Base | None = No
         except OSError as exc:
             return LoadFailed([ConfigError(file, 0, 0, "", f"cannot start the reload process: {exc.strerror or exc}",
                                            "torch retries (process or memory limits?)")], True)
+    # The answer comes first, after its length in 8 bytes; a Loaded answer's packed config follows,
+    # until end of file (see reload_process.main).
     done: asyncio.Future[bytes] = loop.create_future()
-    chunks: list[bytes] = []
+    rest: asyncio.Future[bytes] = loop.create_future()
+    buf = bytearray()
     eof = False
     rfd = process.answer_fd
 
@@ -371,17 +396,39 @@ async def load_in_child(path: Path, host_ips: str | None, base: Base | None = No
                 chunk = os.read(rfd, 1 << 20)
                 if not chunk:
                     eof = True
-                    if not done.done():
-                        done.set_result(b"".join(chunks))
-                    return
-                chunks.append(chunk)
+                    break
+                buf.extend(chunk)
         except BlockingIOError:
-            return
+            pass
         except OSError as exc:
+            for fut in (done, rest):
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        if not done.done() and len(buf) >= 8:
+            size = int.from_bytes(buf[:8], "big")
+            if len(buf) >= 8 + size:
+                done.set_result(bytes(buf[8:8 + size]))
+                del buf[:8 + size]
+        if eof:
             if not done.done():
-                done.set_exception(exc)
+                done.set_result(b"")  # it died before answering
+            if not rest.done():
+                rest.set_result(bytes(buf))
+
+    async def finish() -> bytes:
+        # Owns the process from the answer on: reads the packed config, then closes and kills.
+        try:
+            async with asyncio.timeout(BLOB_TIMEOUT_S):
+                return await rest
+        finally:
+            loop.remove_reader(rfd)
+            if not eof:
+                process.kill()
+            process.close()
 
     reading = False
+    data = b""
     try:
         # The process gets no TORCH_* environment (see reload_process._env): the override travels here.
         if host_ips is None:
@@ -406,15 +453,20 @@ async def load_in_child(path: Path, host_ips: str | None, base: Base | None = No
     except OSError as exc:
         return LoadFailed([ConfigError(file, 0, 0, "", f"reload failed: {exc}")], True)
     finally:
-        if reading:
-            loop.remove_reader(rfd)
-        if not eof:  # failed, timed out or cancelled (the daemon stops): the process must not outlive it
-            process.kill()
-        process.close()
-    try:
-        result = pickle.loads(data) if data else None
-    except Exception:
-        result = None
+        try:
+            result = pickle.loads(data) if data else None
+        except Exception:
+            result = None
+        if isinstance(result, Loaded) and not result.blob:
+            later = asyncio.ensure_future(finish())
+            later.add_done_callback(_retrieved)  # whoever wants it awaits it; nobody else must hear of it
+            result = replace(result, blob_later=later)
+        else:
+            if reading:
+                loop.remove_reader(rfd)
+            if not eof:  # failed, timed out or cancelled (the daemon stops): it must not outlive it
+                process.kill()
+            process.close()
     if isinstance(result, Loaded | LoadFailed):
         return result
     return LoadFailed([ConfigError(file, 0, 0, "", "the reload process died without an answer",

@@ -128,6 +128,7 @@ class Service:
         self._retry_delay = 0.0
         self._half_applied = False
         self._config_blob = b""  # pack_config(self.config), for the next reload's Base (see _reload)
+        self._blob_later: asyncio.Future[bytes] | None = None  # it, still on its way from the reload process
         self._spare: ReloadProcess | None = None  # a reload process started ahead of time
         self._spare_task: asyncio.Task[None] | None = None
         self._retry_at = 0.0
@@ -359,6 +360,8 @@ class Service:
         if self._spare is not None:
             self._spare.kill()
             self._spare = None
+        if self._blob_later is not None:  # its process is killed
+            self._blob_later.cancel()
 
     def _control_refused(self, peer: control.Peer) -> None:
         self.bus.publish(ControlRefused(peer.pid, peer.uid, peer.gid))
@@ -447,6 +450,7 @@ class Service:
             sched = self.scheduler
             # The answer is the difference from what runs: that is the last config applied, unless
             # an apply broke off half way (then the whole config comes back and is diffed here).
+            await self._settle_blob()
             base = self._base()
             spare, self._spare = self._spare, None
             outcome = await load_in_child(self.config_path, self.host_ips, base, settle=settle, process=spare)
@@ -489,7 +493,7 @@ class Service:
                                                       [str(a) for a in outcome.addresses]))
                 self.addresses = outcome.addresses
             self.config = config
-            self._config_blob = outcome.blob
+            self._config_blob, self._blob_later = outcome.blob, outcome.blob_later
             await self._refleet(config)
             self._half_applied = False  # last: until here the next reload must not diff against the blob
             big = len(outcome.fresh) > 1
@@ -525,6 +529,18 @@ class Service:
                 else:
                     self._prepare_spare()
 
+    async def _settle_blob(self) -> None:
+        """Wait for the packed config still on its way from the last reload's process (~0.1 s)."""
+        pending = self._blob_later
+        if pending is None:
+            return
+        try:
+            blob = await asyncio.shield(pending)
+        except Exception:  # it died or timed out: the next reload's answer is against nothing
+            blob = b""
+        if self._blob_later is pending:
+            self._config_blob, self._blob_later = blob, None
+
     def _base(self) -> Base | None:
         """What the next reload's answer is the difference from (None: from nothing)."""
         return Base(self._config_blob, self.addresses) if not self._half_applied and self._config_blob else None
@@ -543,6 +559,7 @@ class Service:
                 except OSError:
                     return
                 try:
+                    await self._settle_blob()
                     await preload(spare, self._base())
                 except BaseException:  # cancelled (stop), or it died: a half-sent frame is no use
                     spare.kill()

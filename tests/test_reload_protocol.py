@@ -1,4 +1,8 @@
-"""A spare reload process given the running config ahead of time (loader.preload), against real processes."""
+"""How the daemon and a reload process talk, against real processes.
+
+A spare is given the running config ahead of time (loader.preload); the answer comes before the
+packed config of the next reload (Loaded.blob_later).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,9 @@ import asyncio
 import contextlib
 import os
 import pickle
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +20,7 @@ import pytest
 from gotorch import loader, reload_process
 from gotorch.config import parse_config
 from gotorch.hosts import host_addresses
-from gotorch.loader import Base, Loaded, LoadFailed, load_in_child, pack_config, preload
+from gotorch.loader import Base, Loaded, LoadFailed, load_in_child, pack_config, preload, unpack_config
 
 HEAD = 'version: 1\ndefaults: {timezone: UTC}\ntasks:\n'
 TASK = '  - {{name: {name}, schedule: "@yearly", command: "true"}}\n'
@@ -47,7 +53,10 @@ def _reload(path: Path, ahead: Base | None, base: Base | None) -> Loaded | LoadF
         spare = reload_process.spawn()
         try:
             await preload(spare, ahead)
-            return await load_in_child(path, "127.0.0.1", base, settle=False, process=spare)
+            got = await load_in_child(path, "127.0.0.1", base, settle=False, process=spare)
+            if isinstance(got, Loaded) and got.blob_later is not None:
+                got = replace(got, blob=await got.blob_later, blob_later=None)
+            return got
         finally:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(spare.pid, 0)
@@ -110,3 +119,27 @@ def test_preload_twice_is_refused() -> None:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(spare.pid, 0)
     asyncio.run(go())
+
+
+def test_the_answer_comes_first_and_the_next_base_after_it(tmp_path: Path) -> None:
+    (tmp_path / "tasks.yaml").write_text(_file("a", "b"))
+
+    async def go() -> tuple[Loaded | LoadFailed, bool, bytes]:
+        got = await load_in_child(tmp_path / "tasks.yaml", "127.0.0.1", _base(_file("a")), settle=False)
+        assert isinstance(got, Loaded) and got.blob == b"" and got.blob_later is not None
+        early = got.blob_later.done()
+        return got, early, await asyncio.wait_for(got.blob_later, 20)
+
+    started = time.monotonic()
+    got, _, blob = asyncio.run(go())
+    assert time.monotonic() - started < 20
+    assert isinstance(got, Loaded)
+    config = unpack_config(blob)  # the next reload's base: the config the answer describes
+    assert config.digest == got.digest and [t.name for t in config.tasks] == ["a", "b"]
+    assert config.sources is not None and set(config.sources) == {"a", "b"}
+
+
+def test_a_failed_load_has_nothing_to_follow(tmp_path: Path) -> None:
+    (tmp_path / "tasks.yaml").write_text("version: 1\ntasks: [{name: a}]\n")
+    got = asyncio.run(load_in_child(tmp_path / "tasks.yaml", "127.0.0.1", None, settle=False))
+    assert isinstance(got, LoadFailed) and not got.transient, got
