@@ -100,8 +100,11 @@ class TaskError:
 Action = FireNow | Missed | ClockJump | TaskError
 
 
+_Entry = tuple[int, int, int, str]  # see FireQueue._heap
+
+
 class _Retry(NamedTuple):
-    """A task waiting for its re-check at `at` (heap entry `(at, version, name)`), then fires after `after`."""
+    """A task waiting for its re-check at `at` (heap entry `(at, rank, version, name)`), then fires after `after`."""
 
     at: int
     version: int
@@ -113,7 +116,10 @@ class FireQueue:
     """Next fires of the scheduled tasks, in a heap keyed by epoch second. No clock reads."""
 
     def __init__(self) -> None:
-        self._heap: list[tuple[int, int, str]] = []  # (fire second, version, task name)
+        # (fire second, rank, version, task name): the fires of one second go in file order (the
+        # task's line), as cron runs a crontab's lines, so a task added below another never starts
+        # ahead of it; version tells a current entry from a stale one.
+        self._heap: list[_Entry] = []
         self._tasks: dict[str, Task] = {}
         self._version: dict[str, int] = {}
         self._last_fired: dict[str, int] = {}
@@ -215,7 +221,7 @@ class FireQueue:
                 if self._retry:  # off the hot path: only stale entries get here
                     self._recheck(entry, now)
                 continue
-            task = self._tasks[entry[2]]
+            task = self._tasks[entry[3]]
             if entry[0] == now:
                 # The common case: on time, and (fires being strictly increasing) the only fire due.
                 # Its next fire is worked out in settle(), after the caller has started the runs.
@@ -319,7 +325,7 @@ class FireQueue:
         for name, r in list(self._retry.items()):
             if r.at > now + 1:
                 self._retry[name] = r._replace(at=now + 1)
-                heapq.heappush(self._heap, (now + 1, r.version, name))
+                heapq.heappush(self._heap, (now + 1, self._rank(name), r.version, name))
         self._compact()
         return ClockJump("backward", seconds, "keep_firing")
 
@@ -338,18 +344,18 @@ class FireQueue:
         version = self._version.setdefault(name, 1)
         after = max(second, self._last_fired.get(name, second))
         self._retry[name] = _Retry(at, version, after, attempt)
-        heapq.heappush(self._heap, (at, version, name))
+        heapq.heappush(self._heap, (at, task.line, version, name))
         self._errors.append(TaskError(name, second, error, at, attempt))
 
-    def _is_retry(self, entry: tuple[int, int, str]) -> bool:
-        r = self._retry.get(entry[2])
-        return r is not None and r.at == entry[0] and r.version == entry[1]
+    def _is_retry(self, entry: _Entry) -> bool:
+        r = self._retry.get(entry[3])
+        return r is not None and r.at == entry[0] and r.version == entry[2]
 
-    def _recheck(self, entry: tuple[int, int, str], now: int) -> None:
+    def _recheck(self, entry: _Entry, now: int) -> None:
         """Work out again the next fire of a task that failed, if `entry` is its re-check."""
         if not self._is_retry(entry):
             return
-        name = entry[2]
+        name = entry[3]
         r = self._retry.pop(name)
         task = self._tasks[name]  # _drop removes the re-check of a removed task
         try:
@@ -384,10 +390,14 @@ class FireQueue:
             self._next.pop(name, None)
             return
         self._next[name] = nxt
-        heapq.heappush(self._heap, (nxt, self._version.setdefault(name, 1), name))
+        heapq.heappush(self._heap, (nxt, self._rank(name), self._version.setdefault(name, 1), name))
 
-    def _current(self, entry: tuple[int, int, str]) -> bool:
-        ts, version, name = entry
+    def _rank(self, name: str) -> int:
+        task = self._tasks.get(name)
+        return task.line if task is not None else 0
+
+    def _current(self, entry: _Entry) -> bool:
+        ts, _, version, name = entry
         return self._version.get(name) == version and self._next.get(name) == ts and name in self._tasks
 
     def _drop(self, name: str) -> None:
@@ -400,15 +410,16 @@ class FireQueue:
     def _compact(self) -> None:
         """Rebuild the heap from the live entries once stale ones (changed, removed tasks) dominate.
 
-        Pops see the same live entries in the same order, so what fires does not change. Versions of
-        removed tasks go too: no heap entry refers to them any more, so a re-added task may start over.
+        Pops see the same live entries (ranked by their current line), so what fires does not change.
+        Versions of removed tasks go too: no heap entry refers to them any more, so a re-added task
+        may start over.
         """
         live = len(self._next) + len(self._retry)
         if len(self._heap) <= 2 * live + COMPACT_SLACK and len(self._version) <= 2 * len(self._tasks) + COMPACT_SLACK:
             return
         version = self._version
-        heap = [(ts, version[name], name) for name, ts in self._next.items()]
-        heap += [(r.at, r.version, name) for name, r in self._retry.items()]
+        heap = [(ts, self._rank(name), version[name], name) for name, ts in self._next.items()]
+        heap += [(r.at, self._rank(name), r.version, name) for name, r in self._retry.items()]
         heapq.heapify(heap)
         self._heap = heap
         self._version = {name: v for name, v in version.items() if name in self._tasks}

@@ -312,3 +312,18 @@ def test_one_failing_start_does_not_stop_the_other_actions_of_the_tick(tmp_path:
     assert "fire.failed" in events and "missed" in events and "task.tick_failed" in events
     (failed,) = [e for e in logs if e["event"] == "task.tick_failed"]
     assert failed["task"] == "broken" and failed["level"] == "error"
+
+
+def test_the_fires_of_one_second_go_in_file_order_also_for_tasks_a_reload_adds() -> None:
+    # As cron runs a crontab's lines in order: a task added below another never starts ahead of it
+    # (its spawn would make the other one late), whatever the names or how often each was reloaded.
+    q = FireQueue()
+    tasks = [make("zz-first", EVERY_SECOND, line=3), make("mm-second", EVERY_SECOND, line=7)]
+    q.set_tasks(tasks, T0)
+    q.set_tasks([replace(tasks[0], command="y"), tasks[1]], T0 + 0.5)  # a new version of the first
+    for s in range(1, 5):
+        q.tick(T0 + s, T0 + s)
+        q.settle()
+    q.set_tasks([*tasks, make("aa-added", EVERY_SECOND, line=12), make("ab-top", EVERY_SECOND, line=1)], T0 + 4.5)
+    order = [a.task.name for a in q.tick(T0 + 5, T0 + 5) if isinstance(a, FireNow)]
+    assert order == ["ab-top", "zz-first", "mm-second", "aa-added"]
