@@ -218,16 +218,23 @@ def main() -> None:
             resource.setrlimit(resource.RLIMIT_AS, (_vm_size() + CHILD_EXTRA_MEMORY, resource.RLIM_INFINITY))
         prepared = None
         with os.fdopen(0, "rb") as requests:
-            fingerprint, ahead = _read_frame(requests)
-            if isinstance(ahead, Base) and fingerprint == code_fingerprint():
-                with contextlib.suppress(Exception):  # unusable: the request then fails, and is retried
-                    prepared = prepare(ahead)
+            # A daemon of a torch before the preload frame sends a bare pickle (protocol byte 0x80;
+            # a frame's length starts with 0): it runs other code, and hears so in its own format.
+            legacy = requests.peek(1)[:1] == b"\x80"
+            if not legacy:
+                fingerprint, ahead = _read_frame(requests)
+                if isinstance(ahead, Base) and fingerprint == code_fingerprint():
+                    with contextlib.suppress(Exception):  # unusable: the request then fails, and is retried
+                        prepared = prepare(ahead)
             fingerprint, path, host_ips, settle, base = pickle.loads(requests.read())
         config = None
-        if fingerprint != code_fingerprint():
+        if legacy or fingerprint != code_fingerprint():
             answer: object = LoadFailed([ConfigError(
                 path, 0, 0, "", "torch's files on disk are not the ones the daemon runs (upgraded?)",
                 "restart the daemon (systemctl restart torch) to run the new version")])
+            if legacy:
+                _write_all(pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
+                return
         elif base == PRELOADED and prepared is None:
             answer = LoadFailed([ConfigError(path, 0, 0, "", "the reload process could not unpack the running config",
                                              "torch retries with a new process")], transient=True)

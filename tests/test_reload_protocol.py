@@ -143,3 +143,25 @@ def test_a_failed_load_has_nothing_to_follow(tmp_path: Path) -> None:
     (tmp_path / "tasks.yaml").write_text("version: 1\ntasks: [{name: a}]\n")
     got = asyncio.run(load_in_child(tmp_path / "tasks.yaml", "127.0.0.1", None, settle=False))
     assert isinstance(got, LoadFailed) and not got.transient, got
+
+
+def test_a_daemon_of_the_older_protocol_is_told_to_restart_in_its_own_format(tmp_path: Path) -> None:
+    # During an upgrade the running (old) daemon starts reload processes from the new files: it
+    # sends a bare pickle and reads a bare pickle, and must hear "restart", not a garbled answer.
+    (tmp_path / "tasks.yaml").write_text(_file("a"))
+    process = reload_process.spawn()
+    try:
+        os.set_blocking(process.request_fd, True)
+        os.write(process.request_fd, pickle.dumps(("old-code", str(tmp_path / "tasks.yaml"), "127.0.0.1", False, None)))
+        os.close(process.request_fd)
+        process.request_fd = -1
+        os.set_blocking(process.answer_fd, True)
+        data = b""
+        while chunk := os.read(process.answer_fd, 1 << 16):
+            data += chunk
+    finally:
+        process.close()
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(process.pid, 0)
+    got = pickle.loads(data)
+    assert isinstance(got, LoadFailed) and "restart the daemon" in got.errors[0].hint, got
