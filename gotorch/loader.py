@@ -274,14 +274,12 @@ class LoadFailed:
 
 
 def _load_here(path: Path, host_ips: str | None, euid: int, base: Base | Prepared | None,
-               settle: bool) -> Loaded | LoadFailed:
-    """The child's work: settle, read, validate, compute next fires; every failure as a value."""
-    return _load_deferring(path, host_ips, euid, base, settle, defer=False)[0]
+               settle: bool) -> tuple[Loaded | LoadFailed, Config | None]:
+    """The child's work: settle, read, validate, compute next fires; every failure as a value.
 
-
-def _load_deferring(path: Path, host_ips: str | None, euid: int, base: Base | Prepared | None, settle: bool, *,
-                    defer: bool = True) -> tuple[Loaded | LoadFailed, Config | None]:
-    """`_load_here`, with the config whose pack the answer leaves out (`defer`) for the caller to send."""
+    A Loaded answer leaves the packed config out (`blob` is b""): the config comes beside it, for
+    the caller to pack and send after the answer.
+    """
     file = str(path)
 
     def failed(problem: str, hint: str = "", *, transient: bool) -> LoadFailed:
@@ -295,7 +293,7 @@ def _load_deferring(path: Path, host_ips: str | None, euid: int, base: Base | Pr
         known = prepared.known if prepared is not None else {}
         config = _validate(got, path, local_timezone().key, euid, known)
         addresses = host_addresses(host_ips)
-        return _pack(config, addresses, loaded_base, time.time(), blob=not defer), config if defer else None
+        return _pack(config, addresses, loaded_base, time.time(), blob=False), config
     except ConfigInvalid as exc:
         return LoadFailed(exc.errors), None
     except Untrusted as exc:

@@ -26,7 +26,7 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import gotorch
 
@@ -48,7 +48,7 @@ class ReloadProcess:
     answer_fd: int  # ours to read the answer from (non-blocking)
     # The preload frame (see main) has been written: the base it carried, None for none.
     primed: bool = False
-    preloaded: Any = None
+    preloaded: object = None
 
     def exited(self) -> bool:
         """Whether the process has already ended (a spare that died while it waited)."""
@@ -207,7 +207,7 @@ def main() -> None:
     try:
         # What a reload needs, imported before the request comes.
         from gotorch.config_errors import ConfigError
-        from gotorch.loader import Base, LoadFailed, _load_deferring, pack_config, prepare
+        from gotorch.loader import Base, LoadFailed, _load_here, pack_config, prepare
 
         os.chdir("/")
         code_fingerprint()  # now, before an upgrade on disk could change the files under us
@@ -241,7 +241,7 @@ def main() -> None:
         else:
             if base == PRELOADED:
                 base = prepared
-            answer, config = _load_deferring(Path(path), host_ips, os.geteuid(), base, settle)
+            answer, config = _load_here(Path(path), host_ips, os.geteuid(), base, settle)
         out = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
         _write_all(len(out).to_bytes(8, "big") + out)
         if config is not None:
