@@ -1,6 +1,6 @@
 """The running daemon's body: one asyncio loop, the scheduler in it, and everything that feeds it events.
 
-Signals (`loop.add_signal_handler`, which only writes a wake-up byte in the real handler), the file
+Signals (gotorch.signals: the real handler only records them and wakes the loop), the file
 watcher thread and the control socket only post events to the loop; the loop does the work:
 
     SIGTERM/SIGINT -> stop      SIGUSR2 / file change -> reload      SIGHUP -> reopen the log
@@ -14,7 +14,6 @@ A file that fails to validate changes nothing: the old config keeps running.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import functools
 import gc
@@ -65,6 +64,7 @@ from gotorch.reload_process import ReloadProcess
 from gotorch.retries import Retries
 from gotorch.runner import set_child_subreaper
 from gotorch.scheduler import QUICK_UNTIL, Scheduler
+from gotorch.signals import SignalRouter
 from gotorch.watcher import FileWatcher
 from gotorch.web import Listen
 from gotorch.web.supervisor import WebSupervisor
@@ -144,11 +144,20 @@ class Service:
         self.metrics: Metrics | None = None
         self.fleet: FleetGate | None = None  # a `fleet:` block: etcd decides fleet tasks (gotorch.fleet)
         self._fleet_unsubscribe: Callable[[], None] = lambda: None
+        self._signals: SignalRouter | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT and every run has ended; return the exit code (0)."""
+        try:
+            return await self._serve()
+        finally:  # however it ends: the wake-up fd must not outlive its socket
+            if self._signals is not None:
+                self._signals.close()
+                self._signals = None
+
+    async def _serve(self) -> int:
         loop = asyncio.get_running_loop()
         self.loop = loop
         # The loop must get the GIL back quickly when a boundary comes while the reload thread parses
@@ -169,13 +178,14 @@ class Service:
             sched, history_dropped=lambda: self.history.dropped if self.history is not None else None,
             log_dropped=logmod.lines_dropped)
         self.bus.subscribe(self.metrics)
-        self._install_signals(loop, {
+        self._signals = SignalRouter({
             signal.SIGCHLD: sched.runner.reap,
             signal.SIGTERM: lambda: sched.request_stop("SIGTERM"),
             signal.SIGINT: lambda: sched.request_stop("SIGINT"),
             signal.SIGUSR2: lambda: self.request_reload("SIGUSR2"),
             signal.SIGHUP: self._reopen_log,
-        })
+        }, self._signal_failed)
+        self._signals.install(loop)
         sched.before_tick = self._drain_signals
         # Holds first: nothing may start (an @reboot fire, a daemon-type copy) before its hold is known,
         # and no `torch pause` may be answered before the saved holds are read (it would be overwritten).
@@ -383,32 +393,12 @@ class Service:
             return handler(request, peer)
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
-    def _install_signals(self, loop: asyncio.AbstractEventLoop, handlers: dict[int, Callable[[], None]]) -> None:
-        """Route signals to the loop as gunicorn's arbiter does: the handler only records the signal.
-
-        asyncio hears of a signal through one byte in its wake-up socket. A burst of child exits can
-        fill that socket and drop the byte of a SIGTERM arriving right then, so our own Python-level
-        handler also records the signal in a set (no I/O, no locks), and the loop drains that set both
-        when woken and on every one-second tick.
-        """
-        self._signal_handlers = handlers
-        self._pending_signals: collections.deque[int] = collections.deque()  # every delivery counts
-        for sig in handlers:
-            loop.add_signal_handler(sig, self._drain_signals)
-            signal.signal(sig, self._note_signal)
-        fd = signal.set_wakeup_fd(-1)
-        signal.set_wakeup_fd(fd, warn_on_full_buffer=False)  # a full buffer is handled; don't print
-
-    def _note_signal(self, signum: int, frame: object) -> None:
-        self._pending_signals.append(signum)
-
     def _drain_signals(self) -> None:
-        while self._pending_signals:
-            signum = self._pending_signals.popleft()
-            try:
-                self._signal_handlers[signum]()
-            except Exception as exc:  # one failing handler must not take the others (or the tick) down
-                self.bus.publish(SignalHandlerFailed(signal.Signals(signum).name, exc))
+        if self._signals is not None:
+            self._signals.drain()
+
+    def _signal_failed(self, signum: int, exc: Exception) -> None:
+        self.bus.publish(SignalHandlerFailed(signal.Signals(signum).name, exc))
 
     def _reopen_log(self) -> None:
         logmod.reopen()
