@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gotorch.history import schema, writer
-from gotorch.history.rows import NonRun, RunBegan, RunFinished, RunsLost
+from gotorch.history.rows import NonRun, RunBegan, RunFinished, RunProcess, RunsLost
 from gotorch.history.writer import HistoryWriter
 from tests.conftest import Reports, wait_until
 
@@ -401,3 +401,31 @@ def test_why_torch_stopped_a_run_lands_in_the_reason_column(make: Any, state: Pa
     assert (got["r1"]["status"], got["r1"]["reason"]) == ("killed", "daemon stopping (SIGTERM)")
     assert (got["r2"]["status"], got["r2"]["reason"]) == ("timeout", "timeout after 5s")
     assert (got["r3"]["status"], got["r3"]["reason"]) == ("ok", None)
+
+
+def test_a_run_begun_and_finished_in_one_batch_is_the_row_two_batches_make(make: Any, tmp_path: Path) -> None:
+    # One batch: written as one INSERT (the writer pairs them); two batches: INSERT, then UPDATE.
+    # The table must not tell them apart, with the process row in between applied too.
+    start = RunBegan(run_id="r1", task="backup", trigger="manual", attempt=1, scheduled_at=None, started_at=T0,
+                     host="h1", pid=4242, lateness_ms=None, generation=3, config_hash="abc", requested_by="uid 0")
+    process = RunProcess(run_id="r1", proc_start=987654, pgid=4242)
+    end = finished("r1", status="ok", exit_code=0, reason=None)
+    one: HistoryWriter = make(batch_rows=3, batch_seconds=60)
+    for row in (start, process, end):
+        assert one.put(row)
+    wait_until(lambda: one.written == 3, 5, 0.01, what="the batch written")
+    assert one.commits == 1
+    assert one.close()
+    paired = rows(one.path)["r1"]
+    two = HistoryWriter(tmp_path / "two.db", Reports(), batch_rows=1, clock=lambda: T0)
+    two.start()
+    try:
+        for n, row in enumerate((start, process, end), 1):
+            assert two.put(row)
+            wait_until(lambda n=n: two.written == n, 5, 0.01, what=f"row {n} written")
+        assert two.commits == 3
+    finally:
+        assert two.close()
+    assert paired == rows(tmp_path / "two.db")["r1"]
+    assert paired | {"status": "ok", "requested_by": "uid 0", "proc_start": 987654, "pid": 4242,
+                     "output_tail": b"tail", "ended_at": T0 + 10} == paired

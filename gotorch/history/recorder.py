@@ -73,7 +73,8 @@ class Recorder:
         self._sink = sink
         self._host = host
         self._clock = clock
-        self._outputs: dict[str, OutputSample] = {}
+        # By run id, for the runs under way; None until a run prints (most never do).
+        self._outputs: dict[str, OutputSample | None] = {}
         self._ids = itertools.count(1)
         self._prefix = f"{os.urandom(4).hex()}-"  # non-runs need ids unique across daemons too
         self.generation = 0
@@ -93,26 +94,30 @@ class Recorder:
     def __call__(self, event: Event) -> None:
         """Handle one event (a bus subscriber)."""
         if isinstance(event, RunOutput):  # by far the most frequent: first
-            out = self._outputs.get(event.run_id)
-            if out is not None:
+            outputs = self._outputs
+            if event.run_id in outputs:
+                out = outputs[event.run_id]
+                if out is None:
+                    out = outputs[event.run_id] = OutputSample()
                 out.add(event.line.encode("utf-8", "replace") + b"\n")
         elif isinstance(event, RunStarted):
-            self._outputs[event.run_id] = OutputSample()
+            self._outputs[event.run_id] = None
             self._sink.put(RunBegan(
                 event.run_id, event.task, event.trigger, event.attempt, event.scheduled_ts,
                 event.started_ts if event.started_ts is not None else self._clock(), self._host, event.pid,
                 event.lateness_ms, self.generation, self.config_hash, event.requested_by))
         elif isinstance(event, RunEnded):
-            out = self._outputs.pop(event.run_id, None) or OutputSample()
+            out = self._outputs.pop(event.run_id, None)
+            head, tail, elided = (bytes(out.head), bytes(out.tail), out.elided) if out is not None else (b"", b"", 0)
             self._sink.put(RunFinished(
                 event.run_id, event.task, self._clock(), _status(event), event.exit_code, event.signal,
-                event.duration_s, event.cpu_s, event.max_rss_kb, bytes(out.head), bytes(out.tail), out.elided,
+                event.duration_s, event.cpu_s, event.max_rss_kb, head, tail, elided,
                 event.output_bytes, event.dropped_bytes, event.error, event.trigger, event.scheduled_ts,
                 self._host, self.generation, self.config_hash, event.reason))
         elif isinstance(event, RunTracked):
             self._sink.put(RunProcess(event.run_id, event.proc_start, event.pgid))
         elif isinstance(event, RunAdopted):
-            self._outputs[event.run_id] = OutputSample()  # what it prints from now on
+            self._outputs[event.run_id] = None  # what it prints from now on
             self._sink.put(RunAdoptedRow(event.run_id, event.task, event.trigger, event.attempt, event.scheduled_ts,
                                          event.started_ts, self._host, event.pid, event.proc_start,
                                          self.generation, self.config_hash))
