@@ -14,6 +14,7 @@ through structlog + logging, 12 us here), and the daemon does not need their fle
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -33,7 +34,7 @@ INFO = LEVELS["info"]
 
 
 class _Sink(Protocol):
-    def write(self, line: str) -> None: ...
+    def write(self, line: str, lines: int = 1) -> None: ...
 
 
 class _StreamSink:
@@ -42,7 +43,7 @@ class _StreamSink:
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
 
-    def write(self, line: str) -> None:
+    def write(self, line: str, lines: int = 1) -> None:
         with contextlib.suppress(OSError, ValueError):  # a closed or broken stderr loses the line only
             self.stream.write(line)
             self.stream.flush()
@@ -51,6 +52,11 @@ class _StreamSink:
 _sink: _Sink = _StreamSink(sys.stderr)
 _level = INFO
 _lock = threading.Lock()  # a line is written whole; threads other than the loop's may log too
+# Lines the loop's thread logged during this turn of the loop, written together at its end (see
+# defer_writes); touched by that thread only.
+_pending: list[str] = []
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_thread = 0
 
 
 def _as_text(value: object) -> str:
@@ -80,6 +86,7 @@ def configure(*, file: Path | None = None, stream: TextIO | None = None, as_json
               level: int = INFO) -> None:
     """Send events to `file` (JSON, SafeFile) or `stream` (JSON unless it is a TTY), at `level` and above."""
     global _sink, _render, _level
+    flush()  # what is waiting was meant for the sink it was logged to
     with _lock:
         old = _sink
         if file is not None:
@@ -93,6 +100,28 @@ def configure(*, file: Path | None = None, stream: TextIO | None = None, as_json
             old.close()
         _render = _json if use_json else _console
         _level = level
+
+
+def defer_writes(loop: asyncio.AbstractEventLoop | None) -> None:
+    """Write what `loop`'s thread logs once per turn of the loop, all its lines in one write (None: each at once).
+
+    A second's runs start and end in bursts: their lines then cost one write (and, for the log file,
+    one check for a rotation) instead of one each. They wait at most for the callbacks of the turn
+    that logged them. Other threads' lines are still written at once. Call it again with None (in
+    the loop's thread) before the loop goes away: that writes what is still waiting.
+    """
+    global _loop, _loop_thread
+    flush()
+    _loop, _loop_thread = loop, threading.get_ident() if loop is not None else 0
+
+
+def flush() -> None:
+    """Write the lines deferred so far (see defer_writes)."""
+    if _pending:
+        text, n = "".join(_pending), len(_pending)
+        _pending.clear()
+        with _lock:
+            _sink.write(text, n)
 
 
 def lines_dropped() -> int:
@@ -132,8 +161,8 @@ class SafeFile:
         self._id = (st.st_dev, st.st_ino)
         return fd
 
-    def write(self, line: str) -> None:
-        """Append one line, reopening first if the file at our path is no longer ours."""
+    def write(self, line: str, lines: int = 1) -> None:
+        """Append `line` (`lines` lines, whole), reopening first if the file at our path is no longer ours."""
         try:
             st = os.lstat(self.path)  # lstat: a symlink in its place is a change too
             moved = (st.st_dev, st.st_ino) != self._id
@@ -141,9 +170,9 @@ class SafeFile:
             moved = True
         if moved and time.monotonic() >= self._retry_at:
             self._reopen()  # the caller holds _lock
-        self._write(line)
+        self._write(line, lines)
 
-    def _write(self, line: str) -> None:
+    def _write(self, line: str, lines: int = 1) -> None:
         data = line.encode("utf-8", "backslashreplace")
         if self._unreported:
             # Writing works again (or may): first say how many lines were lost, in the log itself.
@@ -152,9 +181,9 @@ class SafeFile:
             self._write(json.dumps({"event": "log.lines_lost", "level": "error", "lines": n,
                                     "message": f"{n} log lines could not be written (disk full or I/O error)",
                                     "timestamp": _timestamp(time.time())}) + "\n")
-            if self._unreported:  # still failing: that report was lost too, with this line
+            if self._unreported:  # still failing: that report was lost too, with these lines
                 self._unreported = n
-                self._lost()
+                self._lost(lines)
                 return
         written = 0
         try:
@@ -166,11 +195,11 @@ class SafeFile:
                 written += os.write(self._fd, data[written:])  # O_APPEND: one write per line lands whole
         except OSError:  # a full disk loses lines, never the daemon
             self._torn = self._torn or 0 < written < len(data)
-            self._lost()
+            self._lost(lines)
 
-    def _lost(self) -> None:
-        self.dropped += 1
-        self._unreported += 1
+    def _lost(self, lines: int = 1) -> None:
+        self.dropped += lines
+        self._unreported += lines
 
     def reopen(self) -> None:
         """Switch to a freshly opened file at our path; on failure keep the old one and retry later."""
@@ -227,6 +256,11 @@ def log_event(event: Event) -> None:
     if isinstance(exc, BaseException):
         fields["exception"] = "".join(traceback.format_exception(exc)).rstrip()
     line = _render(fields) + "\n"
+    if _loop is not None and threading.get_ident() == _loop_thread:
+        if not _pending:
+            _loop.call_soon(flush)
+        _pending.append(line)
+        return
     with _lock:
         _sink.write(line)
 
@@ -234,13 +268,16 @@ def log_event(event: Event) -> None:
 @contextlib.contextmanager
 def captured() -> Iterator[list[dict[str, Any]]]:
     """Collect the fields of every event logged inside the block (for tests), instead of writing them."""
-    global _sink, _render
+    global _sink, _render, _loop
     lines: list[dict[str, Any]] = []
 
     class _Capture:
-        def write(self, line: str) -> None:
-            lines.append(json.loads(line))
+        def write(self, line: str, n: int = 1) -> None:
+            lines.extend(json.loads(one) for one in line.splitlines())
 
+    deferring = _loop
+    flush()
+    _loop = None  # each line at once: a test reads them right after the event
     with _lock:
         saved = _sink, _render
         _sink, _render = _Capture(), _json
@@ -249,6 +286,7 @@ def captured() -> Iterator[list[dict[str, Any]]]:
     finally:
         with _lock:
             _sink, _render = saved
+        _loop = deferring
 
 
 def logging_bus() -> Bus:

@@ -150,9 +150,11 @@ class Service:
 
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT and every run has ended; return the exit code (0)."""
+        logmod.defer_writes(asyncio.get_running_loop())
         try:
             return await self._serve()
-        finally:  # however it ends: the wake-up fd must not outlive its socket
+        finally:  # however it ends: the wake-up fd must not outlive its socket, no line stays unwritten
+            logmod.defer_writes(None)
             if self._signals is not None:
                 self._signals.close()
                 self._signals = None
