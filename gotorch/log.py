@@ -55,6 +55,9 @@ _lock = threading.Lock()  # a line is written whole; threads other than the loop
 # Lines the loop's thread logged during this turn of the loop, written together at its end (see
 # defer_writes); touched by that thread only.
 _pending: list[str] = []
+# Written at once when this many wait: a burst of runs is batched all the same, while the 10,000
+# lines of a big config's start-up never pile up (their strings would leave the heap grown).
+PENDING_MAX = 64
 _loop: asyncio.AbstractEventLoop | None = None
 _loop_thread = 0
 
@@ -260,6 +263,8 @@ def log_event(event: Event) -> None:
         if not _pending:
             _loop.call_soon(flush)
         _pending.append(line)
+        if len(_pending) >= PENDING_MAX:
+            flush()
         return
     with _lock:
         _sink.write(line)

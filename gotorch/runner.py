@@ -3,7 +3,7 @@
 The runner knows processes and nothing of cron. It lives inside the one asyncio loop owned by the
 scheduler and never blocks it: pipes are non-blocking and read from `loop.add_reader` callbacks,
 timers are `loop.call_later` handles, and child exits are collected by `reap()`, which the loop's
-owner calls from its SIGCHLD handler (`loop.add_signal_handler(signal.SIGCHLD, runner.reap)`).
+owner calls when SIGCHLD comes (gotorch.signals routes it to the loop).
 
 Lifecycle of a run:
 

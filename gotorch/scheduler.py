@@ -64,7 +64,7 @@ class Scheduler:
     """Owns all mutable daemon state inside one asyncio loop: the queue, the runs, the config.
 
     Everything that changes state runs as a callback of that loop. Signal handlers and other threads
-    only post to it (`loop.add_signal_handler`, `call_soon_threadsafe`).
+    only post to it (gotorch.signals, `call_soon_threadsafe`).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, *, state_dir: Path, stop_timeout: float = 10.0,

@@ -429,3 +429,19 @@ def test_a_run_begun_and_finished_in_one_batch_is_the_row_two_batches_make(make:
     assert paired == rows(tmp_path / "two.db")["r1"]
     assert paired | {"status": "ok", "requested_by": "uid 0", "proc_start": 987654, "pid": 4242,
                      "output_tail": b"tail", "ended_at": T0 + 10} == paired
+
+
+def test_a_refused_start_in_a_paired_run_still_leaves_the_end_recorded(make: Any, state: Path,
+                                                                        reports: Reports) -> None:
+    # Apart, the refused RunBegan costs only itself and the RunFinished inserts a row of its own:
+    # written together, the pair must not lose the end with the start.
+    bad = RunBegan(run_id="r1", task="backup", trigger="schedule", attempt=1, scheduled_at=T0, started_at=T0,
+                   host="h1", pid=2**70, lateness_ms=1.0, generation=3, config_hash="abc")
+    w: HistoryWriter = make(batch_rows=2, batch_seconds=60)
+    w.put(bad)
+    w.put(finished("r1", status="ok", exit_code=0))
+    wait_until(lambda: w.written + w.dropped == 2, 5, 0.01, what="the batch handled")
+    assert (w.written, w.dropped, w.commits) == (1, 1, 1)
+    row = rows(state / "history.db")["r1"]
+    assert row | {"status": "ok", "ended_at": T0 + 10, "pid": None} == row
+    assert len(reports.starting("history.row_failed: RunBegan r1")) == 1

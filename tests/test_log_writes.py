@@ -112,3 +112,26 @@ def test_a_failed_write_counts_every_line_it_carried(logfile: Path) -> None:
         assert log.lines_dropped() == 3
 
     asyncio.run(main())
+
+
+def test_no_more_than_pending_max_lines_ever_wait(logfile: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    writes = _count_writes(monkeypatch)
+    seen_during: list[int] = []
+    n = log.PENDING_MAX + 5
+
+    async def main() -> None:
+        log.defer_writes(asyncio.get_running_loop())
+
+        def start_up() -> None:  # e.g. a task.applies line per task of a 10,000-task file
+            for pid in range(n):
+                log.log_event(DaemonStopped(pid))
+            seen_during.append(len(_events(logfile)))
+
+        asyncio.get_running_loop().call_soon(start_up)
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    asyncio.run(main())
+    assert seen_during == [log.PENDING_MAX]
+    assert [e["pid"] for e in _events(logfile)] == list(range(n))
+    assert writes == [log.PENDING_MAX, 5]

@@ -132,6 +132,10 @@ DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs WHERE task = ? AND start
 _NEXT_TASK = "SELECT task FROM runs WHERE task > ? ORDER BY task LIMIT 1"
 
 
+# What one statement's values can make SQLite (or the sqlite3 module) refuse, the batch going on.
+_REFUSED = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError, OverflowError)
+
+
 class _Corrupt(Exception):
     """The database file is not a database, or is damaged."""
 
@@ -633,14 +637,16 @@ class HistoryWriter:
         run id, a value of the wrong type) costs only itself. Errors of the database itself
         (full, I/O, corrupt) are raised and fail the whole batch.
         """
-        try:
-            if isinstance(row, _Whole):
+        if isinstance(row, _Whole):
+            try:
                 self._apply_whole(db, row)
                 return 2
+            except _REFUSED:  # one of the two is at fault: as rows of their own, the other is still kept
+                return self._apply_one(db, row.began) + self._apply_one(db, row.finished)
+        try:
             self._apply(db, row)
-        except (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError, OverflowError) as exc:
-            what = "RunBegan+RunFinished" if isinstance(row, _Whole) else type(row).__name__
-            self._failed("row:" + type(exc).__name__, f"history.row_failed: {what} "
+        except _REFUSED as exc:
+            self._failed("row:" + type(exc).__name__, f"history.row_failed: {type(row).__name__} "
                                                       f"{getattr(row, 'run_id', '')} not recorded: {_one_line(exc)}")
             return 0
         return 1
