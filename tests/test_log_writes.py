@@ -7,7 +7,7 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,24 +48,28 @@ def _count_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
+def _one_turn(callback: Callable[[], None]) -> None:
+    """Run `callback` in a loop whose lines are deferred, then let a few more turns go by."""
+    async def main() -> None:
+        log.defer_writes(asyncio.get_running_loop())
+        asyncio.get_running_loop().call_soon(callback)
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    asyncio.run(main())
+
+
 def test_a_loop_turns_lines_are_written_together_in_order_after_its_callbacks(
         logfile: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     writes = _count_writes(monkeypatch)
     seen_during: list[int] = []
 
-    async def main() -> None:
-        log.defer_writes(asyncio.get_running_loop())
+    def burst() -> None:
+        for pid in (1, 2, 3):
+            log.log_event(DaemonStopped(pid))
+        seen_during.append(len(_events(logfile)))
 
-        def burst() -> None:
-            for pid in (1, 2, 3):
-                log.log_event(DaemonStopped(pid))
-            seen_during.append(len(_events(logfile)))
-
-        asyncio.get_running_loop().call_soon(burst)
-        for _ in range(3):
-            await asyncio.sleep(0)
-
-    asyncio.run(main())
+    _one_turn(burst)
     assert seen_during == [0]  # nothing written while the turn's callbacks still ran
     assert [e["pid"] for e in _events(logfile)] == [1, 2, 3]
     assert writes == [3]  # one write for the three lines
@@ -119,19 +123,12 @@ def test_no_more_than_pending_max_lines_ever_wait(logfile: Path, monkeypatch: py
     seen_during: list[int] = []
     n = log.PENDING_MAX + 5
 
-    async def main() -> None:
-        log.defer_writes(asyncio.get_running_loop())
+    def start_up() -> None:  # e.g. a task.applies line per task of a 10,000-task file
+        for pid in range(n):
+            log.log_event(DaemonStopped(pid))
+        seen_during.append(len(_events(logfile)))
 
-        def start_up() -> None:  # e.g. a task.applies line per task of a 10,000-task file
-            for pid in range(n):
-                log.log_event(DaemonStopped(pid))
-            seen_during.append(len(_events(logfile)))
-
-        asyncio.get_running_loop().call_soon(start_up)
-        for _ in range(3):
-            await asyncio.sleep(0)
-
-    asyncio.run(main())
+    _one_turn(start_up)
     assert seen_during == [log.PENDING_MAX]
     assert [e["pid"] for e in _events(logfile)] == list(range(n))
     assert writes == [log.PENDING_MAX, 5]
