@@ -261,7 +261,12 @@ def log_event(event: Event) -> None:
     line = _render(fields) + "\n"
     if _loop is not None and threading.get_ident() == _loop_thread:
         if not _pending:
-            _loop.call_soon(flush)
+            try:
+                _loop.call_soon(flush)
+            except RuntimeError:  # the loop is closed: nothing would write it later
+                with _lock:
+                    _sink.write(line)
+                return
         _pending.append(line)
         if len(_pending) >= PENDING_MAX:
             flush()

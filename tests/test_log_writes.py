@@ -132,3 +132,11 @@ def test_no_more_than_pending_max_lines_ever_wait(logfile: Path, monkeypatch: py
     assert seen_during == [log.PENDING_MAX]
     assert [e["pid"] for e in _events(logfile)] == list(range(n))
     assert writes == [log.PENDING_MAX, 5]
+
+
+def test_a_line_logged_after_its_loop_closed_is_written_at_once(logfile: Path) -> None:
+    loop = asyncio.new_event_loop()
+    log.defer_writes(loop)
+    loop.close()  # without the deferral ended: nothing would ever write what waits
+    log.log_event(DaemonStopped(9))
+    assert [e["pid"] for e in _events(logfile)] == [9]
