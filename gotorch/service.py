@@ -188,7 +188,7 @@ class Service:
             signal.SIGHUP: self._reopen_log,
         }, self._signal_failed)
         self._signals.install(loop)
-        sched.before_tick = self._drain_signals
+        sched.before_tick = self._signals.drain
         # Holds first: nothing may start (an @reboot fire, a daemon-type copy) before its hold is known,
         # and no `torch pause` may be answered before the saved holds are read (it would be overwritten).
         await self.commands.restore_holds()
@@ -394,10 +394,6 @@ class Service:
                 self.commands, cmd)
             return handler(request, peer)
         return {"ok": False, "error": f"unknown command {cmd!r}"}
-
-    def _drain_signals(self) -> None:
-        if self._signals is not None:
-            self._signals.drain()
 
     def _signal_failed(self, signum: int, exc: Exception) -> None:
         self.bus.publish(SignalHandlerFailed(signal.Signals(signum).name, exc))

@@ -817,10 +817,10 @@ class HistoryWriter:
 class _Whole:
     """A run whose RunBegan and RunFinished are in the same batch: written as one row."""
 
-    __slots__ = ("began", "finished", "run_id")
+    __slots__ = ("began", "finished")
 
     def __init__(self, began: RunBegan, finished: RunFinished) -> None:
-        self.began, self.finished, self.run_id = began, finished, began.run_id
+        self.began, self.finished = began, finished
 
 
 def _paired(batch: list[Row]) -> list[Row | _Whole]:
