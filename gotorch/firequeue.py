@@ -50,6 +50,21 @@ RETRY_MAX = 60
 COMPACT_SLACK = 256
 
 
+def next_tick(wall: float, due: int | None, ticked: int) -> int:
+    """The second the loop should tick next, given the earliest second with something `due` and the last `ticked`.
+
+    Normally the coming boundary. But when a second has passed untouched with a fire of it (or of an
+    earlier second) still due (a busy start-up with 10,000 tasks, a long step of the loop ran past
+    the boundary), the current one, at once: waiting for the next boundary would run those fires a
+    second late, as catch-ups, instead of a few hundred ms late and on time. At most once a second:
+    a second already ticked is never ticked again.
+    """
+    now = math.floor(wall)
+    if due is not None and due <= now and ticked < now:
+        return now
+    return now + 1
+
+
 @dataclass(frozen=True, slots=True)
 class FireNow:
     """Start `task` for the fire at `scheduled` (epoch seconds); `caught_up` if it is a late catch-up."""

@@ -35,7 +35,7 @@ from gotorch.events import (
     TaskTickFailed,
     TickFailed,
 )
-from gotorch.firequeue import ClockJump, FireHints, FireNow, FireQueue, Missed, TaskError
+from gotorch.firequeue import ClockJump, FireHints, FireNow, FireQueue, Missed, TaskError, next_tick
 from gotorch.fleet.gate import FleetGate
 from gotorch.log import logging_bus
 from gotorch.plan import Plan, diff, runs_unchanged
@@ -234,11 +234,11 @@ class Scheduler:
     # -- time --------------------------------------------------------------------------------------
 
     def arm(self) -> None:
-        """Schedule the next wake-up at the coming second boundary."""
+        """Schedule the next tick: at the coming second boundary, or now if a boundary passed untouched."""
         if self.stopping:
             return
         wall = time.time()
-        target = math.floor(wall) + 1
+        target = next_tick(wall, self.queue.next_due(), self._ticked)
         self._timer = self.loop.call_later(max(0.0, target - wall - EARLY_WAKE), self._on_timer, target)
 
     def _on_timer(self, target: int) -> None:

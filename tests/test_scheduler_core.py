@@ -6,7 +6,7 @@ import textwrap
 from datetime import UTC, datetime
 
 from gotorch.config import Task, parse_config
-from gotorch.firequeue import MISSED_COUNT_CAP, ClockJump, FireNow, FireQueue, Missed, precompute
+from gotorch.firequeue import MISSED_COUNT_CAP, ClockJump, FireNow, FireQueue, Missed, next_tick, precompute
 from gotorch.policy import Backoff
 
 T0 = int(datetime(2027, 1, 1, 12, 0, 0, tzinfo=UTC).timestamp())
@@ -223,3 +223,12 @@ def test_reload_between_boundary_and_tick_keeps_that_seconds_fire() -> None:
     q.set_tasks([task("*/10 * * * * *", name="t", env="{A: b}")], c.wall)
     assert q.next_fire("t") == T0 + 10
     assert fired(q.tick(c.wall, c.mono)) == [10]
+
+
+def test_next_tick_is_the_coming_boundary_unless_a_passed_one_still_has_fires() -> None:
+    assert next_tick(T0 + 0.4, T0 + 1, T0) == T0 + 1  # on course: the next boundary
+    assert next_tick(T0 + 0.4, None, T0) == T0 + 1  # nothing due at all
+    assert next_tick(T0 + 1.3, T0 + 1, T0) == T0 + 1  # boundary T0+1 passed untouched: now
+    assert next_tick(T0 + 1.3, T0 - 5, 0) == T0 + 1  # the first tick, with a fire already due
+    assert next_tick(T0 + 1.3, T0 + 1, T0 + 1) == T0 + 2  # that second was ticked: never twice
+    assert next_tick(T0 + 1.3, T0 + 2, T0) == T0 + 2  # passed, but nothing of it is due: wait

@@ -1,0 +1,78 @@
+"""Scheduler.arm: when the next tick is set, with a fake clock (a late start-up, a boundary already ticked)."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from pathlib import Path
+
+import pytest
+
+import gotorch.scheduler as scheduler_module
+from gotorch.config import Task, parse_config
+from gotorch.events import CaughtUp, Event
+from gotorch.scheduler import EARLY_WAKE, Scheduler
+
+T0 = 1_800_000_000
+
+
+def every_second() -> dict[str, tuple[Task, str | None]]:
+    cfg = parse_config('version: 1\ntasks:\n  - {name: a, schedule: "* * * * * *", command: "true"}\n',
+                       check_accounts=False)
+    return {t.name: (t, None) for t in cfg.tasks}
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> dict[str, float]:
+    now = {"t": T0 + 0.1}
+    monkeypatch.setattr(scheduler_module, "time", types.SimpleNamespace(time=lambda: now["t"],
+                                                                        monotonic=lambda: now["t"],
+                                                                        sleep=lambda _s: None))
+    return now
+
+
+def _armed_after_start(tmp_path: Path, clock: dict[str, float], start_took: float) -> tuple[int, float, list[Event],
+                                                                                          dict[int, list[str]]]:
+    """Apply at T0+0.1, let `start_took` seconds pass, arm; run the loop until the first tick.
+
+    Returns the tick's target second, the timer's delay, the events and the fires by second.
+    """
+    events: list[Event] = []
+    fires: dict[int, list[str]] = {}
+
+    async def main() -> tuple[int, float]:
+        loop = asyncio.get_running_loop()
+        s = Scheduler(loop, state_dir=tmp_path)
+        s.bus.subscribe(events.append)
+        s._start = lambda task, scheduled, *a, **kw: fires.setdefault(scheduled - T0, []).append(task.name)  # type: ignore[method-assign]
+        s.apply(every_second(), at_start=True)
+        clock["t"] += start_took
+        s.arm()
+        assert s._timer is not None
+        target = s._timer._args[0]
+        delay = s._timer.when() - loop.time()
+        if target <= clock["t"]:  # due now: the loop runs it at once
+            await s.after_next_tick()
+        s.request_stop("test")
+        return target - T0, delay
+
+    target, delay = asyncio.run(main())
+    return target, delay, events, fires
+
+
+def test_a_start_up_that_ran_past_a_boundary_ticks_at_once_and_on_time(tmp_path: Path,
+                                                                       clock: dict[str, float]) -> None:
+    # 10,000 tasks: packing and freezing after the first apply can take longer than the rest of
+    # the second. The fire of the boundary that passed goes out now, not as a catch-up a second later.
+    target, delay, events, fires = _armed_after_start(tmp_path, clock, 1.2)  # now T0+1.3
+    assert target == 1
+    assert delay <= 0.01
+    assert fires == {1: ["a"]}
+    assert not [e for e in events if isinstance(e, CaughtUp)]
+
+
+def test_a_quick_start_up_waits_for_the_coming_boundary(tmp_path: Path, clock: dict[str, float]) -> None:
+    target, delay, _events, fires = _armed_after_start(tmp_path, clock, 0.4)  # now T0+0.5
+    assert target == 1
+    assert delay == pytest.approx(0.5 - EARLY_WAKE, abs=0.01)
+    assert fires == {}
