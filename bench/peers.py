@@ -4,7 +4,8 @@ Contenders, each a process of its own whose CPU and RSS are measured alike (psut
 not its children):
   floor  bench/floor.py: sleep to each boundary and Popen the due tasks of a precomputed plan
   aps    bench/aps.py: APScheduler's BlockingScheduler, a CronTrigger job per task, default thread pool
-  torch  the real daemon, `torch start --foreground` with default settings (history and output capture on)
+  torch  the real daemon, `torch start --foreground` with default settings (history and output capture on;
+         BENCH_TORCH_ARGS adds arguments, e.g. `--no-history` to see what history costs)
 Every contender starts bench/recorder (a static C program) with TORCH_SCHEDULED_AT set to the boundary
 it fires for; the recorder appends its own exec time to $RECORD_FILE, so lateness is measured alike.
 
@@ -56,6 +57,9 @@ SETTLE = 3.0  # seconds from ready to the start of the window
 RELOADS = 3
 # BENCH_CONTENDERS=torch,floor: a subset, to iterate on one contender (the table then shows the others empty).
 CONTENDERS = tuple(os.environ.get("BENCH_CONTENDERS", "floor,aps,torch").split(","))
+# BENCH_TORCH_ARGS="--no-history": more arguments to torch's `start`, to see what a feature costs
+# (the table still says "torch"; the default measures the daemon as shipped).
+TORCH_ARGS = tuple(os.environ.get("BENCH_TORCH_ARGS", "").split())
 Entry = tuple[str, str, Path | None]  # task name, schedule, record file (None: a dormant /bin/true)
 Figures = dict[str, float]
 
@@ -87,7 +91,7 @@ def _spread(record: Path) -> list[Entry]:
 def _contender(kind: str, d: Path, tasks: str) -> Iterator[tuple[psutil.Process, Path]]:
     """`kind` running `tasks`, ready; yields (process, task file). Every contender logs to d/torch.log."""
     if kind == "torch":
-        with _torch(d, tasks) as got:
+        with _torch(d, tasks, TORCH_ARGS) as got:
             yield got
         return
     (d / "etc").mkdir(exist_ok=True)

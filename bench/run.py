@@ -28,7 +28,8 @@ Scenarios:
             100,000 tasks loaded. Per figure, per contender: median [min..max], the ratios
             torch/floor and torch/APScheduler, the target and PASS/FAIL. Its parts can be run alone:
             part names after `peers` (`python3 dev.py bench peers 1tps burst`) or
-            BENCH_PEERS=1tps,burst; parts: 1tps 10k burst idle reload check 100k.
+            BENCH_PEERS=1tps,burst; parts: 1tps 10k burst idle reload check 100k. BENCH_TORCH_ARGS adds
+            arguments to torch's `start` (`--no-history`: what history costs).
   fleet     a `fleet: once` 1/s task on 3 daemons sharing one etcd (Debian's etcd-server, on loopback) vs
             the same task without fleet on the same 3 daemons: p50/p99/max lateness, instants run twice
             or nowhere (bench/fleet.py; skipped when etcd is not installed)
