@@ -51,6 +51,9 @@ EARLY_WAKE = 0.002
 # A reload is applied in slices of this many names, each only before this fraction of a second.
 APPLY_SLICE = 2000
 QUIET_UNTIL = 0.8
+# A tick that starts this long after its boundary is a late one (a catch-up after a busy start-up,
+# a loop held up): it may end anywhere in its second, so it is no quiet moment (see quiet_moment).
+LATE_TICK = 0.05
 # Reloads of up to this many tasks are applied in one piece, between two boundaries (see apply_plan).
 APPLY_ATOMIC = 10_000
 # A plan of up to this many names is applied at the next quiet moment (any time early in a second):
@@ -96,6 +99,7 @@ class Scheduler:
         self.held: Callable[[str], str | None] = lambda _name: None
         self._after_tick: list[asyncio.Future[None]] = []
         self._ticked = 0  # the last second whose tick ran
+        self._ticked_late = False  # whether that tick started LATE_TICK or more after its boundary
 
     # -- configuration -----------------------------------------------------------------------------
 
@@ -180,6 +184,10 @@ class Scheduler:
         if ticking and (whole_second or frac > until or self._ticked < math.floor(now)):
             # Too late in the second, or this second's fires have not gone out yet (a busy loop).
             await self.after_next_tick()
+            if self._ticked_late and self._timer is not None and not self.stopping:
+                # It was a late tick, which may have ended just before the next boundary: the next
+                # one (on time unless the loop is still held up: only one more wait) is the moment.
+                await self.after_next_tick()
         elif frac <= until and not whole_second:
             await asyncio.sleep(0)  # let whatever else is due (reaping, output) run first
         else:  # not ticking (not armed yet, or stopping): just let the boundary pass
@@ -250,6 +258,7 @@ class Scheduler:
             remaining = target - time.time()
             if 0 < remaining <= 2 * EARLY_WAKE:
                 time.sleep(remaining)
+            self._ticked_late = -remaining >= LATE_TICK
             self.tick()
         except Exception as exc:  # never let one bad second stop every later one from firing
             self.bus.publish(TickFailed(_iso(target), exc))
