@@ -246,7 +246,12 @@ class Scheduler:
         if self.stopping:
             return
         wall = time.time()
-        target = next_tick(wall, self.queue.next_due(), self._ticked)
+        try:
+            due = self.queue.next_due()
+        except Exception as exc:  # arm() runs in _on_timer's finally: a failure here would end all ticking
+            self.bus.publish(TickFailed(_iso(math.floor(wall) + 1), exc))
+            due = None
+        target = next_tick(wall, due, self._ticked)
         self._timer = self.loop.call_later(max(0.0, target - wall - EARLY_WAKE), self._on_timer, target)
 
     def _on_timer(self, target: int) -> None:

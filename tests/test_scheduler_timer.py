@@ -10,7 +10,7 @@ import pytest
 
 import gotorch.scheduler as scheduler_module
 from gotorch.config import Task, parse_config
-from gotorch.events import CaughtUp, Event
+from gotorch.events import CaughtUp, Event, TickFailed
 from gotorch.scheduler import EARLY_WAKE, Scheduler
 
 T0 = 1_800_000_000
@@ -113,3 +113,24 @@ def test_a_late_tick_is_no_quiet_moment_the_next_one_is(tmp_path: Path, clock: d
         s.request_stop("test")
 
     asyncio.run(main())
+
+
+def test_arm_still_sets_the_coming_boundary_when_the_queue_fails(tmp_path: Path, clock: dict[str, float]) -> None:
+    events: list[Event] = []
+
+    async def main() -> int:
+        s = Scheduler(asyncio.get_running_loop(), state_dir=tmp_path)
+        s.bus.subscribe(events.append)
+
+        def broken() -> int | None:
+            raise RuntimeError("heap damaged")
+
+        s.queue.next_due = broken  # type: ignore[method-assign]
+        s.arm()
+        assert s._timer is not None
+        target = int(s._timer._args[0])
+        s.request_stop("test")
+        return target - T0
+
+    assert asyncio.run(main()) == 1
+    assert [e for e in events if isinstance(e, TickFailed)]
