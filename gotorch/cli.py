@@ -334,7 +334,7 @@ def start(config_opt: str | None, state_dir: str | None, host_ips: str | None, f
     from gotorch import log as logmod
     from gotorch.daemon import AlreadyRunning, Pidfile, daemonize, resolve_paths, sd_notify
     from gotorch.history import HistorySettings
-    from gotorch.loader import load_for_daemon
+    from gotorch.loader import load_to_run
     from gotorch.service import serve
     from gotorch.web import parse_listen
 
@@ -349,7 +349,9 @@ def start(config_opt: str | None, state_dir: str | None, host_ips: str | None, f
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--host-ips / TORCH_HOST_IPS") from None
     try:
-        config = load_for_daemon(path, local_timezone().key)
+        # Handed over, not kept in this frame: a reload replaces both, and what this frame held
+        # would stay resident for the daemon's life.
+        loaded = [load_to_run(path, local_timezone().key)]
     except ConfigInvalid as exc:
         _print_errors(exc.errors)
         sys.exit(1)
@@ -377,8 +379,8 @@ def start(config_opt: str | None, state_dir: str | None, host_ips: str | None, f
             sys.exit(1)
         logmod.configure(stream=sys.stderr)
         try:
-            code = serve(path, config, paths=paths, host_ips=host_ips, stop_timeout=stop_timeout, notify=sd_notify,
-                         history=history, http=http)
+            code = serve(path, *loaded.pop(), paths=paths, host_ips=host_ips, stop_timeout=stop_timeout,
+                         notify=sd_notify, history=history, http=http)
         finally:
             pidfile.release()
         sys.exit(code)
@@ -390,7 +392,7 @@ def start(config_opt: str | None, state_dir: str | None, host_ips: str | None, f
         except (OSError, Untrusted) as exc:
             fail(f"cannot open log {paths.logfile}: {exc}")
             return 1
-        return serve(path, config, paths=paths, host_ips=host_ips, stop_timeout=stop_timeout, on_ready=ready,
+        return serve(path, *loaded.pop(), paths=paths, host_ips=host_ips, stop_timeout=stop_timeout, on_ready=ready,
                      notify=sd_notify, history=history, http=http)
 
     launch = daemonize(pidfile, body)

@@ -103,7 +103,8 @@ class Service:
     def __init__(self, config_path: Path, config: Config, *, paths: Paths, addresses: list[IPAddress],
                  host_ips: str | None = None, stop_timeout: float = 10.0, on_ready: Callable[[], None] | None = None,
                  notify: Callable[[str], None] | None = None, watch: bool = True,
-                 history: HistorySettings | None = DEFAULT_SETTINGS, http: Listen | None = None) -> None:
+                 history: HistorySettings | None = DEFAULT_SETTINGS, http: Listen | None = None,
+                 packed: bytes = b"") -> None:
         self.config_path = config_path
         self.config = config
         self.paths = paths
@@ -127,7 +128,7 @@ class Service:
         self._retry_handle: asyncio.TimerHandle | None = None
         self._retry_delay = 0.0
         self._half_applied = False
-        self._config_blob = b""  # pack_config(self.config), for the next reload's Base (see _reload)
+        self._config_blob = packed  # pack_config(self.config), for the next reload's Base (see _reload)
         self._blob_later: asyncio.Future[bytes] | None = None  # it, still on its way from the reload process
         self._spare: ReloadProcess | None = None  # a reload process started ahead of time
         self._spare_task: asyncio.Task[None] | None = None
@@ -226,9 +227,10 @@ class Service:
             sched.apply(here, at_start=True)
             if self.fleet is not None:
                 self.fleet.set_tasks(t for t, _ in here.values())
-            # What the first reload is told runs (see _reload): pickled once, before any fire. And
-            # the code this daemon runs, as it is now: a reload process compares its own with it.
-            self._config_blob = pack_config(self.config)
+            # What the first reload is told runs (see _reload): pickled once, before any fire (torch
+            # start did, with the entries' digests). And the code this daemon runs, as it is now: a
+            # reload process compares its own with it.
+            self._config_blob = self._config_blob or pack_config(self.config)
             reload_process.code_fingerprint()
             # Everything loaded so far lives as long as the config: keep the cyclic GC from rescanning
             # it; a full collection over 10,000 tasks would stall a firing second by tens of ms.
@@ -647,14 +649,17 @@ def _iso(ts: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-def serve(config_path: Path, config: Config, *, paths: Paths, host_ips: str | None,
+def serve(config_path: Path, config: Config, packed: bytes = b"", *, paths: Paths, host_ips: str | None,
           stop_timeout: float = 10.0, on_ready: Callable[[], None] | None = None,
           notify: Callable[[str], None] | None = None, history: HistorySettings | None = DEFAULT_SETTINGS,
           http: Listen | None = None) -> int:
     """Run the daemon body in this process until stopped; the caller has set up logging and paths.
 
+    `packed`: the config packed with its entries' digests (loader.load_to_run), for the first reload.
     `history` None runs without history (`--no-history`); `http` serves the status page and /metrics there.
     """
     service = Service(config_path, config, paths=paths, addresses=host_addresses(host_ips), host_ips=host_ips,
-                      stop_timeout=stop_timeout, on_ready=on_ready, notify=notify, history=history, http=http)
+                      stop_timeout=stop_timeout, on_ready=on_ready, notify=notify, history=history, http=http,
+                      packed=packed)
+    del config, packed  # the service's until a reload replaces them: not pinned by this frame
     return asyncio.run(service.run())

@@ -165,3 +165,16 @@ def test_a_daemon_of_the_older_protocol_is_told_to_restart_in_its_own_format(tmp
             os.waitpid(process.pid, 0)
     got = pickle.loads(data)
     assert isinstance(got, LoadFailed) and "restart the daemon" in got.errors[0].hint, got
+
+
+def test_the_config_a_daemon_starts_with_lets_its_first_reload_reuse_every_entry(tmp_path: Path) -> None:
+    # Without the entries' digests in the start-up Base, the first reload validated all 10,000
+    # tasks again (0.6 s instead of 0.25 s): its process knows an entry only by its digest.
+    path = tmp_path / "tasks.yaml"
+    path.write_text(_file("a", "b"))
+    config, packed = loader.load_to_run(path, "UTC")
+    assert config.sources is None, "the daemon's own copy goes without them"
+    assert unpack_config(packed) == config
+    prepared = loader.prepare(Base(packed, host_addresses("127.0.0.1")))
+    assert {t.name for t in prepared.known.values()} == {"a", "b"}
+    assert loader.load_to_run(path, "UTC", keyed=False)[1] == b""  # a mere check needs none
