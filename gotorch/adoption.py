@@ -27,8 +27,8 @@ from pathlib import Path
 from gotorch import procfs
 from gotorch.events import epoch_of
 from gotorch.history import query
+from gotorch.run_env import RUN_KEY_VAR
 
-RUN_KEY_VAR = "TORCH_RUN_KEY"
 TASK_VAR = "TORCH_TASK"
 RUN_TASK_VAR = "TORCH_RUN_TASK"  # the run's own task (an alert hook's TORCH_TASK names the task it reports on)
 SCHEDULED_VAR = "TORCH_SCHEDULED_AT"

@@ -14,13 +14,8 @@ A run ends (`run.end` is logged and `on_end` is called exactly once) when its di
 reaped AND both pipes are closed. Processes left in its group after a normal exit are not killed
 (cron allows `nohup x &`); the daemon is a child subreaper, so they are reaped when they die.
 
-Stopping a run (timeout, terminate, shutdown) is TERM, then KILL after its kill_timeout, sent to its
-process group and to every process carrying its TORCH_RUN_ID outside the group (setsid, double fork),
-found by scanning /proc. That scan is done on kill paths only, never on spawn. The KILL outlives the
-run: processes it started in reaction to the TERM get their own TERM when it ends, and the KILL, due
-until nothing carries its id, rescans /proc rather than trusting what the TERM found. (A cgroup per
-run would catch even a process that scrubs its environment, but needs a delegated, writable cgroup
-v2 subtree, which the shipped unit does not give: ProtectControlGroups=yes, no Delegate=.)
+Stopping a run (timeout, terminate, shutdown) is TERM, then KILL after its kill_timeout, to its
+process group and to whatever left the group carrying its id: gotorch.stopping sends them.
 
 We reap with `waitpid(-1)` rather than per-pid waits because orphaned grandchildren are reparented
 to us and must be reaped too. A consequence for the rest of the daemon: nothing else in this
@@ -35,19 +30,17 @@ import collections
 import contextlib
 import ctypes
 import fcntl
-import functools
 import os
-import pwd
 import signal
 import stat
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
 
-from gotorch import accounts, procfs
+from gotorch import procfs
 from gotorch.durations import format_duration
 from gotorch.events import (
     Bus,
@@ -59,13 +52,14 @@ from gotorch.events import (
     RunEnded,
     RunOutput,
     RunSetupFailed,
-    RunSignalled,
     RunStarted,
     RunTimedOut,
     RunTracked,
 )
 from gotorch.log import logging_bus
+from gotorch.run_env import build_env, identity, iso_utc
 from gotorch.spawn import Spawned, Spawner, seal_descriptors
+from gotorch.stopping import Stopper, pids_by_run_id
 
 # One pipe's default capacity on Linux: one read usually empties it.
 CHUNK = 64 * 1024
@@ -87,19 +81,9 @@ PIPE_GRACE_S = 1.0
 SHUTDOWN_KILL_WAIT_S = 5.0
 # Shutdown: how long to wait for orphans to be reaped after SIGKILL.
 ORPHAN_REAP_WAIT_S = 2.0
-# After a SIGKILL, how many more times /proc is scanned for processes that an escaped process forked
-# between the scan and its own KILL (there is a rescan only after a pass that killed escapees).
-KILL_RESCANS = 5
 # Polling period of shutdown's waits; it also reaps, so shutdown works even if SIGCHLD is not wired.
 _POLL_S = 0.02
 
-ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-USER_PATH = "/usr/local/bin:/usr/bin:/bin"
-RUN_ID_VAR = "TORCH_RUN_ID"
-# What the kill paths look for in /proc to find a run's escaped processes: the run's own id, always
-# (TORCH_RUN_ID of an alert hook names the run it reports on, and that run's kill must not take
-# the hook with it).
-RUN_KEY_VAR = "TORCH_RUN_KEY"
 PR_SET_CHILD_SUBREAPER = 36
 # An adopted run (see Runner.adopt) on a kernel without pidfd_open (< 5.3): how often we look for its end.
 ADOPTED_POLL_S = 1.0
@@ -140,112 +124,6 @@ RunStatus = Literal["ok", "failed", "timeout", "killed", "lost"]
 RunResult = RunEnded
 
 
-# --- identities and environments (cached: they sit on the spawn path) -----------------------------
-# They are kept in the accounts cache, so `accounts.clear()` (on every reload) forgets them with the
-# lookups they were made from.
-
-
-def _lookup_user(user: str | None) -> pwd.struct_passwd | None:
-    """The passwd entry of `user`, or of the daemon's effective uid when None (None if it has none)."""
-    if user is None:
-        try:
-            return accounts.user_by_id(os.geteuid())
-        except KeyError:
-            # Containers often run as a uid without a passwd entry; that must not stop runs.
-            return None
-    return accounts.user(user)  # KeyError("unknown user ...") fails the spawn
-
-
-def _lookup_gid(group: str) -> int:
-    """The gid of `group`; a number names a gid even without a group entry (Popen takes numbers)."""
-    try:
-        return accounts.group(group).gr_gid
-    except KeyError:
-        if group.isascii() and group.isdigit():
-            return int(group)
-        raise
-
-
-@dataclass(frozen=True, slots=True)
-class _Identity:
-    """What Popen needs to run as someone: None means "keep the daemon's"."""
-
-    uid: int | None
-    gid: int | None
-    groups: tuple[int, ...] | None
-    home_cwd: str
-
-
-@accounts.cached
-def _identity(user: str | None, group: str | None) -> _Identity:
-    """The uid, gid and supplementary groups of a run as `user` (None: the daemon's) with `group`.
-
-    The supplementary groups are what initgroups(user, gid) sets, as login, su and systemd's
-    User=+Group= do: the run's gid plus every group that lists the user as a member. So with
-    `group:`, the user's primary group is left out unless the group database lists the user in it.
-    """
-    pw = _lookup_user(user)
-    gid_wanted = _lookup_gid(group) if group is not None else None
-    euid, egid = os.geteuid(), os.getegid()
-    home = pw.pw_dir if pw is not None else "/"
-    # cron starts jobs in the user's home; an account whose home is missing (nobody: /nonexistent)
-    # gets "/" rather than a failed spawn.
-    home_cwd = home if os.path.isdir(home) else "/"
-    if pw is not None and pw.pw_uid != euid:
-        run_gid = gid_wanted if gid_wanted is not None else pw.pw_gid
-        # Passing numbers, not names, keeps Popen from doing its own NSS lookups on every spawn.
-        groups = tuple(os.getgrouplist(pw.pw_name, run_gid))
-        return _Identity(pw.pw_uid, run_gid, groups, home_cwd)
-    gid = gid_wanted if gid_wanted is not None and gid_wanted != egid else None
-    if gid_wanted is not None and pw is not None and euid == 0:
-        # Root running a task as itself with `group:`: the same rule, or the daemon's own groups
-        # (its primary group among them) would stay. An unprivileged daemon may not setgroups().
-        return _Identity(None, gid, tuple(os.getgrouplist(pw.pw_name, gid_wanted)), home_cwd)
-    return _Identity(None, gid, None, home_cwd)
-
-
-@accounts.cached
-def base_env(user: str | None) -> Mapping[str, str]:
-    """The cron-like base environment of `user` (None: the daemon's user). Cached; read-only.
-
-    PATH, HOME, USER, LOGNAME and SHELL, nothing else: the daemon's own environment never leaks.
-    """
-    pw = _lookup_user(user)
-    uid = pw.pw_uid if pw is not None else os.geteuid()
-    name = pw.pw_name if pw is not None else str(uid)
-    return MappingProxyType({
-        "PATH": ROOT_PATH if uid == 0 else USER_PATH,
-        "HOME": pw.pw_dir if pw is not None and pw.pw_dir else "/",
-        "USER": name,
-        "LOGNAME": name,
-        "SHELL": pw.pw_shell if pw is not None and pw.pw_shell else "/bin/sh",
-    })
-
-
-@functools.lru_cache(maxsize=256)
-def _iso_utc(ts: float) -> str:
-    # Cached: the runs of one second share their fire time, and strftime looks at the zone file each call.
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
-
-def build_env(spec: RunSpec) -> dict[str, str]:
-    """The complete environment of a run: base of its user, then the task's env, then TORCH_*.
-
-    TORCH_* come last so a task cannot spoof the run id we use to find its escaped processes.
-    """
-    env = dict(base_env(spec.user))
-    env.update(spec.env)
-    env["TORCH_TASK"] = spec.task
-    env[RUN_ID_VAR] = spec.run_id
-    if spec.scheduled_ts is not None:
-        env["TORCH_SCHEDULED_AT"] = _iso_utc(spec.scheduled_ts)
-    else:
-        # A task env entry of that name must not masquerade as a fire time.
-        env.pop("TORCH_SCHEDULED_AT", None)
-    env.update(spec.report_env)
-    env[RUN_KEY_VAR] = spec.run_id
-    env["TORCH_RUN_TASK"] = spec.task  # the run's own task (a hook's TORCH_TASK is the one it reports on)
-    return env
 
 
 def set_child_subreaper() -> bool:
@@ -260,15 +138,6 @@ def set_child_subreaper() -> bool:
                               ctypes.c_ulong(0), ctypes.c_ulong(0))) == 0
     except (OSError, AttributeError):
         return False
-
-
-def _pids_by_run_id(run_ids: Iterable[str], uids: Iterable[int] | None = None) -> dict[str, list[int]]:
-    """Every process (but us) of `uids` carrying one of `run_ids` as TORCH_RUN_KEY, by run id: a /proc scan.
-
-    This is how we find processes that left their run's process group (setsid, double fork); kill
-    paths only, never on spawn.
-    """
-    return procfs.pids_by_env(RUN_KEY_VAR, run_ids, uids)
 
 
 def _signal_name(signum: int) -> str:
@@ -316,7 +185,7 @@ class Run:
         self.popen = popen
         self.pid = pid
         self.started_at = started_at
-        self.scheduled_at = _iso_utc(spec.scheduled_ts) if spec.scheduled_ts is not None else None
+        self.scheduled_at = iso_utc(spec.scheduled_ts) if spec.scheduled_ts is not None else None
         self.exited = False
         self.ended = False
         self.exit_status: int | None = None  # raw wait status of the direct child
@@ -347,16 +216,6 @@ class Run:
         return f"<Run {self.spec.task} {self.spec.run_id} pid={self.pid} exited={self.exited}>"
 
 
-@dataclass(slots=True)
-class _Escalation:
-    """A SIGKILL due after a SIGTERM, with the escaped processes that have had a TERM."""
-
-    run: Run
-    handle: asyncio.TimerHandle
-    escaped: list[int]
-    reason: str
-
-
 class Runner:
     """Starts, watches, stops and reaps runs inside one asyncio loop (single-threaded).
 
@@ -371,15 +230,13 @@ class Runner:
         self._runs: dict[str, Run] = {}
         self._by_pid: dict[int, Run] = {}  # only runs whose direct child is not yet reaped
         self._counts: dict[str, int] = {}
-        # Pending SIGKILLs by run id. They outlive their run: a run may end (leader reaped) while
-        # TERM-ignoring members of its group still have to be killed.
-        self._escalations: dict[str, _Escalation] = {}
         self._scratch = bytearray(CHUNK)  # drained output lands here: no allocation per read
         # Started less than WATCH_AFTER_S ago (their pipes not yet watched), oldest first.
         self._unwatched: collections.deque[Run] = collections.deque()
         self._watch_handle: asyncio.TimerHandle | None = None
         self._closing = False
         self._bus = bus if bus is not None else logging_bus()
+        self._stopper = Stopper(loop, self._bus, self._runs.values)
         self._spawner = Spawner()
         # Inside batch(): runs spawned whose pipes, timers and start event wait for the batch's end.
         self._batch: list[tuple[Run, Spawned]] | None = None
@@ -390,16 +247,6 @@ class Runner:
     def runs(self) -> Mapping[str, Run]:
         """Runs that have not ended yet, by run id (a read-only live view)."""
         return MappingProxyType(self._runs)
-
-    def _uids(self, also: Iterable[Run] = ()) -> set[int]:
-        """Whose processes may carry a run's id: ours, root's, and each running run's user's."""
-        uids = {0, os.geteuid()}
-        # Runs still being stopped count too: their processes may outlive their main one.
-        for run in [*self._runs.values(), *(e.run for e in self._escalations.values()), *also]:
-            if run.spec.user is not None:
-                with contextlib.suppress(KeyError):
-                    uids.add(accounts.user(run.spec.user).pw_uid)
-        return uids
 
     def running_count(self, task: str) -> int:
         """How many runs of `task` have not ended yet."""
@@ -439,7 +286,7 @@ class Runner:
             self._spawn_failed(spec, f"run id {spec.run_id!r} is already running")
             return None
         try:
-            ident = _identity(spec.user, spec.group)
+            ident = identity(spec.user, spec.group)
             env = build_env(spec)
             cmd = spec.command
             argv = ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
@@ -493,7 +340,7 @@ class Runner:
         spec = run.spec
         self._bus.publish(RunSetupFailed(spec.task, spec.run_id, _describe(exc)))
         run.cause, run.reason = "killed", f"the runner could not watch it: {_describe(exc)}"
-        self._send(run, signal.SIGKILL, "setup_failed", escaped=())
+        self._stopper.send(run, signal.SIGKILL, "setup_failed", escaped=())
         for stream in list(run._streams):
             self._close_stream(run, stream)
         if run.popen is not None:
@@ -582,7 +429,7 @@ class Runner:
         if spec.timeout is not None:  # its clock started with the run, not with this daemon
             run._timeout_handle = self._loop.call_later(max(0.0, spec.timeout - (now - started_at)),
                                                         self._on_timeout, run)
-        self._bus.publish(RunAdopted(spec.task, spec.run_id, pid, _iso_utc(started_at), run.scheduled_at,
+        self._bus.publish(RunAdopted(spec.task, spec.run_id, pid, iso_utc(started_at), run.scheduled_at,
                                      spec.trigger, spec.attempt, bool(run._streams), recorded, started_at,
                                      spec.scheduled_ts, proc_start))
         return run
@@ -810,8 +657,7 @@ class Runner:
             status = "failed"  # non-zero exit, or a signal we did not send (OOM killer, ...)
         end_mono = run._exit_mono if run._exit_mono is not None else time.monotonic()
         duration = round(end_mono - run._start_mono, 3)
-        if run.spec.run_id in self._escalations:
-            self._settle_escalation(run)
+        self._stopper.settle(run)
         result = RunEnded(run.spec.task, run.spec.run_id, run.pid, status, exit_code, sig, duration,
                           run.output_bytes, run.dropped_bytes, error, run.spec.trigger, run.spec.attempt,
                           run.spec.scheduled_ts, run.cpu_s, run.max_rss_kb,
@@ -836,7 +682,7 @@ class Runner:
             run.cause = "timeout"
             run.reason = f"timeout after {format_duration(timeout)}" if timeout is not None else "timeout"
         self._bus.publish(RunTimedOut(run.spec.task, run.spec.run_id, run.pid, run.spec.timeout))
-        self._term_then_kill(run, run.spec.kill_timeout, "timeout")
+        self._stopper.term_then_kill(run, run.spec.kill_timeout, "timeout")
 
     def terminate(self, run: Run, reason: str = "stopped on request", sig: signal.Signals = signal.SIGTERM) -> None:
         """Send `sig` (TERM) to the run's process group and escaped processes; KILL after its kill_timeout.
@@ -845,18 +691,18 @@ class Runner:
         had already exited, or was already being stopped (timeout, shutdown): that first reason stays.
         A stop already counting down to its KILL keeps its clock; `sig` is still sent.
         """
-        if run.ended and run.spec.run_id not in self._escalations:
+        if run.ended and not self._stopper.escalating(run.spec.run_id):
             return
         if sig == signal.SIGKILL:
             self.kill_now(run, reason)
             return
         if not run.exited and run.cause is None:
             run.cause, run.reason = "killed", reason
-        if run.spec.run_id in self._escalations:
+        if self._stopper.escalating(run.spec.run_id):
             if sig != signal.SIGTERM:
-                self._send(run, sig, "terminate")
+                self._stopper.send(run, sig, "terminate")
             return
-        self._term_then_kill(run, run.spec.kill_timeout, "terminate", sig)
+        self._stopper.term_then_kill(run, run.spec.kill_timeout, "terminate", sig)
 
     def kill_now(self, run: Run, reason: str = "killed on request") -> None:
         """SIGKILL the run's process group and escaped processes at once (e.g. a second SIGTERM).
@@ -864,128 +710,11 @@ class Runner:
         A run not yet exited ends `killed` with `reason`, which replaces the reason of a stop already
         under way (the KILL is what ends it now); only a run that timed out keeps its status and reason.
         """
-        pending = self._escalations.pop(run.spec.run_id, None)
-        if pending is not None:
-            pending.handle.cancel()
-        elif run.ended:
+        if not self._stopper.cancel(run.spec.run_id) and run.ended:
             return
         if not run.exited and run.cause != "timeout":
             run.cause, run.reason = "killed", reason
-        self._kill_all([run], "kill")
-
-    def _term_then_kill(self, run: Run, grace: float, reason: str, sig: signal.Signals = signal.SIGTERM) -> None:
-        if run.spec.run_id in self._escalations:
-            return  # a TERM is already counting down to its KILL; do not restart the clock
-        escaped = self._send(run, sig, reason)
-        handle = self._loop.call_later(grace, self._escalate, run, reason)
-        self._escalations[run.spec.run_id] = _Escalation(run, handle, escaped, reason)
-
-    def _escalate(self, run: Run, reason: str) -> None:
-        self._escalations.pop(run.spec.run_id, None)
-        # All of /proc again, not only the escapees known so far: processes started in reaction to
-        # the TERM (a trap running `setsid x &`) did not exist then. The scan costs ~7 us per
-        # process on the loop thread; that is fine here, KILLs are rare.
-        self._kill_all([run], reason)
-
-    def _settle_escalation(self, run: Run) -> None:
-        """At the end of a run whose SIGKILL is pending: TERM the escapees it started meanwhile.
-
-        A run may answer its TERM by starting processes outside its group (a trap running
-        `setsid x &`) and then exit. They did not exist when the TERM was sent, so they get theirs
-        now. The KILL stays due whatever this scan finds: a process caught in the middle of an
-        exec shows an empty environment in /proc, so "nothing carries the id" cannot be trusted
-        here (a test caught exactly that about one time in three); the KILL rescans at its due time.
-        """
-        pending = self._escalations.get(run.spec.run_id)
-        if pending is None:
-            return
-        # One full scan per signalled run that ends: a kill path, so affordable.
-        found = _pids_by_run_id((run.spec.run_id,), self._uids()).get(run.spec.run_id, [])
-        late = [p for p in self._outside_group(run, found) if p not in pending.escaped]
-        if late:
-            pending.escaped.extend(self._send(run, signal.SIGTERM, pending.reason, late, group=False))
-
-    def _group_is_ours(self, run: Run) -> bool:
-        # The group id is the leader's pid. While the leader is unreaped (even a zombie) the number
-        # is ours. Once reaped, it stays reserved as long as any group member lives; it can only be
-        # reused once the group is empty, and then by a new process with exactly that pid. So: if
-        # the leader is reaped and its pid exists again, the group is someone else's.
-        if run.adopted:
-            # Not our child: nothing holds its pid for us. The number is the run's while it is free
-            # (its group may live on) or held by the process that has the run's start time.
-            st = procfs.stat(run.pid)
-            return st is None or st.start == run.proc_start
-        return not run.exited or not procfs.exists(run.pid)
-
-    def _signal_group(self, run: Run, sig: signal.Signals) -> bool:
-        """Signal the run's process group if it is still the run's; True if it had a member."""
-        if not self._group_is_ours(run):
-            return False
-        try:
-            os.killpg(run.pid, sig)
-            if sig == signal.SIGTERM:
-                # A stopped process would not act on TERM until continued.
-                os.killpg(run.pid, signal.SIGCONT)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return True
-
-    def _outside_group(self, run: Run, pids: Iterable[int]) -> list[int]:
-        """Those of `pids` that exist outside the run's group (members get the group's signals)."""
-        group_ok = self._group_is_ours(run)
-        return [pid for pid in pids
-                if (st := procfs.stat(pid)) is not None and not (group_ok and st.pgrp == run.pid)]
-
-    def _signal_outside(self, run: Run, sig: signal.Signals, pids: Iterable[int]) -> list[int]:
-        """Signal those of `pids` that are outside the run's group; return them."""
-        outside = self._outside_group(run, pids)
-        for pid in outside:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-                if sig == signal.SIGTERM:
-                    os.kill(pid, signal.SIGCONT)
-        return outside
-
-    def _log_signal(self, run: Run, sig: signal.Signals, reason: str, group: bool, escaped: list[int]) -> None:
-        self._bus.publish(RunSignalled(run.spec.task, run.spec.run_id, run.pid, sig.name, reason, group, escaped))
-
-    def _send(self, run: Run, sig: signal.Signals, reason: str,
-              escaped: Iterable[int] | None = None, *, group: bool = True) -> list[int]:
-        """Signal the run's process group, plus every process carrying its run id outside the group.
-
-        `escaped` short-cuts the /proc scan when the caller scanned for many runs at once;
-        `group=False` leaves the group alone. Returns the processes signalled outside the group.
-        """
-        group_hit = self._signal_group(run, sig) if group else False
-        pids = list(escaped) if escaped is not None else _pids_by_run_id((run.spec.run_id,), self._uids()).get(
-            run.spec.run_id, [])
-        outside = self._signal_outside(run, sig, pids)
-        self._log_signal(run, sig, reason, group_hit, outside)
-        return outside
-
-    def _kill_all(self, runs: Iterable[Run], reason: str) -> None:
-        """SIGKILL the runs' process groups and every process that carries one of their run ids.
-
-        The groups go first: once a KILL is pending for a process, the kernel fails its forks, so a
-        scan of /proc made afterwards sees every process that left a group. Those are killed one by
-        one, and one of them may fork between the scan and its own KILL: after a pass that killed
-        any, /proc is scanned again, at most KILL_RESCANS times. A pass that kills nobody ends it.
-        """
-        by_id = {run.spec.run_id: run for run in runs}
-        group_hit = {rid: self._signal_group(run, signal.SIGKILL) for rid, run in by_id.items()}
-        killed: set[int] = set()
-        for rescan in range(KILL_RESCANS + 1):
-            found = _pids_by_run_id(by_id, self._uids(by_id.values()))
-            any_killed = False
-            for rid, run in by_id.items():
-                outside = self._signal_outside(
-                    run, signal.SIGKILL, [p for p in found.get(rid, ()) if p not in killed])
-                if rescan == 0 or outside:
-                    self._log_signal(run, signal.SIGKILL, reason, rescan == 0 and group_hit[rid], outside)
-                killed.update(outside)
-                any_killed = any_killed or bool(outside)
-            if not any_killed:
-                return
+        self._stopper.kill_all([run], "kill")
 
     async def shutdown(self, stop_timeout: float, reason: str = "daemon stopping") -> None:
         """Stop everything: TERM all runs (and orphans), KILL what is left after `stop_timeout`.
@@ -1011,10 +740,10 @@ class Runner:
                 run._timeout_handle.cancel()
                 run._timeout_handle = None
         run_ids = [r.spec.run_id for r in runs]
-        uids = self._uids()  # now, while every run is still here
-        escaped = _pids_by_run_id(run_ids, uids)
+        uids = self._stopper.uids()  # now, while every run is still here
+        escaped = pids_by_run_id(run_ids, uids)
         for run in runs:
-            self._send(run, signal.SIGTERM, "shutdown", escaped.get(run.spec.run_id, []))
+            self._stopper.send(run, signal.SIGTERM, "shutdown", escaped.get(run.spec.run_id, []))
         self._signal_orphans(signal.SIGTERM)
         await self._wait_until(lambda: not self._runs, stop_timeout)
 
@@ -1022,21 +751,18 @@ class Runner:
         # members of their groups may still be on their way out: TERM the newcomers, and give them
         # all what is left of stop_timeout, like the runs.
         termed = {pid for pids in escaped.values() for pid in pids}
-        found = _pids_by_run_id(run_ids, uids)
+        found = pids_by_run_id(run_ids, uids)
         for run in runs:
-            late = [p for p in self._outside_group(run, found.get(run.spec.run_id, [])) if p not in termed]
+            late = [p for p in self._stopper.outside_group(run, found.get(run.spec.run_id, [])) if p not in termed]
             if late:
-                self._send(run, signal.SIGTERM, "shutdown", late, group=False)
+                self._stopper.send(run, signal.SIGTERM, "shutdown", late, group=False)
         kin = [pid for pids in found.values() for pid in pids]
         await self._wait_until(lambda: not any(procfs.alive(p) for p in kin), deadline - time.monotonic())
 
         # What is still here refused TERM: KILL it, everything carrying the id of a run we stopped,
         # and every pending escalation, now.
-        pending = list(self._escalations.values())
-        self._escalations.clear()
-        for p in pending:
-            p.handle.cancel()
-        self._kill_all({r.spec.run_id: r for r in [*runs, *(p.run for p in pending)]}.values(), "shutdown")
+        pending = self._stopper.cancel_all()
+        self._stopper.kill_all({r.spec.run_id: r for r in [*runs, *pending]}.values(), "shutdown")
         await self._wait_until(lambda: not self._runs, SHUTDOWN_KILL_WAIT_S + PIPE_GRACE_S)
         for run in list(self._runs.values()):
             # Unkillable (e.g. stuck in uninterruptible sleep): report it rather than hang forever.

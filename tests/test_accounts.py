@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from gotorch import accounts, runner
+from gotorch import accounts, run_env
 from gotorch.config import ConfigInvalid, parse_config
 from tests.conftest import TICK, Torch, wait_until, zombie_children
 
@@ -120,14 +120,14 @@ def test_config_validation_uses_the_accounts_cache(db: FakePasswd) -> None:
 def test_runner_identities_live_in_the_accounts_cache(db: FakePasswd) -> None:
     name = unique("tqa")
     db.extra[name] = fake_user(name, home="/first")
-    assert runner.base_env(name)["HOME"] == "/first"
+    assert run_env.base_env(name)["HOME"] == "/first"
     db.extra[name] = fake_user(name, home="/second")
-    assert runner.base_env(name)["HOME"] == "/first"
+    assert run_env.base_env(name)["HOME"] == "/first"
     accounts.clear()
-    assert runner.base_env(name)["HOME"] == "/second"
+    assert run_env.base_env(name)["HOME"] == "/second"
     db.extra[name] = fake_user(name, home="/third")
     accounts.clear()  # what the service calls on every reload
-    assert runner.base_env(name)["HOME"] == "/third"
+    assert run_env.base_env(name)["HOME"] == "/third"
 
 
 def test_cached_keeps_results_not_exceptions() -> None:

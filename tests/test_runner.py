@@ -30,16 +30,8 @@ import pytest
 from gotorch import log
 from gotorch.accounts import clear as clear_account_cache
 from gotorch.events import Bus, Event, RunEnded
-from gotorch.runner import (
-    ROOT_PATH,
-    USER_PATH,
-    Run,
-    Runner,
-    RunResult,
-    RunSpec,
-    build_env,
-    set_child_subreaper,
-)
+from gotorch.run_env import ROOT_PATH, USER_PATH, build_env
+from gotorch.runner import Run, Runner, RunResult, RunSpec, set_child_subreaper
 from gotorch.scheduler import Scheduler
 from tests.conftest import describe_pids, pids_with_env
 
