@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-import gotorch.cli as cli_module
+import gotorch.cli_history as cli_module
 from gotorch.cli import cli
 from gotorch.history import query, schema
 from gotorch.history.query import HistoryRow, HistoryUnreadable, history, open_readonly, runs_with_output
