@@ -334,8 +334,8 @@ def start(config_opt: str | None, state_dir: str | None, host_ips: str | None, f
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--host-ips / TORCH_HOST_IPS") from None
     try:
-        # Handed over, not kept in this frame: a reload replaces both, and what this frame held
-        # would stay resident for the daemon's life.
+        # Handed over in a list that serve() empties: a reload replaces both, and a reference held
+        # here (even the argument tuple of a call) would keep them resident for the daemon's life.
         loaded = [load_to_run(path, local_timezone().key)]
     except ConfigInvalid as exc:
         _print_errors(exc.errors)
@@ -364,7 +364,7 @@ def start(config_opt: str | None, state_dir: str | None, host_ips: str | None, f
             sys.exit(1)
         logmod.configure(stream=sys.stderr)
         try:
-            code = serve(path, *loaded.pop(), paths=paths, host_ips=host_ips, stop_timeout=stop_timeout,
+            code = serve(path, loaded, paths=paths, host_ips=host_ips, stop_timeout=stop_timeout,
                          notify=sd_notify, history=history, http=http)
         finally:
             pidfile.release()
@@ -377,7 +377,7 @@ def start(config_opt: str | None, state_dir: str | None, host_ips: str | None, f
         except (OSError, Untrusted) as exc:
             fail(f"cannot open log {paths.logfile}: {exc}")
             return 1
-        return serve(path, *loaded.pop(), paths=paths, host_ips=host_ips, stop_timeout=stop_timeout, on_ready=ready,
+        return serve(path, loaded, paths=paths, host_ips=host_ips, stop_timeout=stop_timeout, on_ready=ready,
                      notify=sd_notify, history=history, http=http)
 
     launch = daemonize(pidfile, body)

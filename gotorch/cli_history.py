@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, tzinfo
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
@@ -40,14 +39,6 @@ from gotorch.history.query import (
     task_exists,
 )
 from gotorch.hosts import IPAddress, host_addresses, local_timezone, match
-
-if TYPE_CHECKING:
-    pass
-
-
-# --- history, logs (and why, below) --------------------------------------------------------------
-# They read STATE/history.db directly and read-only (history.query.open_readonly): they work whether
-# or not the daemon runs, and cannot create or change the database under it.
 
 
 def _history_path(state_dir: str | None) -> Path:
@@ -317,11 +308,10 @@ def why(task: str, config_opt: str | None, state_dir: str | None, as_json: bool,
     need not run. Exit 0 with an answer; 1 if TASK is not in the task file or the history cannot
     be read; 2 usage.
     """
+    from gotorch.cli import _load_or_exit, resolve_config
     from gotorch.why import Question, explain, fires_around
 
     now = time.time()
-    from gotorch.cli import _load_or_exit, resolve_config
-
     path = resolve_config(config_opt, None)
     config = _load_or_exit(path)
     t = config.by_name().get(task)

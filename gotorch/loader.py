@@ -69,6 +69,10 @@ def load_to_run(path: Path, default_timezone: str, *, collect: bool = True,
     """
     euid = os.geteuid()
     packed = b""
+    if keyed:
+        # The code that makes the digests is the code the daemon's reload processes are checked
+        # against: take its fingerprint now, not after an upgrade on disk in between.
+        reload_process.code_fingerprint()
 
     def load() -> Config:
         nonlocal packed

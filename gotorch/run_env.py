@@ -29,7 +29,6 @@ RUN_ID_VAR = "TORCH_RUN_ID"
 RUN_KEY_VAR = "TORCH_RUN_KEY"
 
 
-
 def _lookup_user(user: str | None) -> pwd.struct_passwd | None:
     """The passwd entry of `user`, or of the daemon's effective uid when None (None if it has none)."""
     if user is None:

@@ -649,17 +649,19 @@ def _iso(ts: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-def serve(config_path: Path, config: Config, packed: bytes = b"", *, paths: Paths, host_ips: str | None,
+def serve(config_path: Path, loaded: list[tuple[Config, bytes]], *, paths: Paths, host_ips: str | None,
           stop_timeout: float = 10.0, on_ready: Callable[[], None] | None = None,
           notify: Callable[[str], None] | None = None, history: HistorySettings | None = DEFAULT_SETTINGS,
           http: Listen | None = None) -> int:
     """Run the daemon body in this process until stopped; the caller has set up logging and paths.
 
-    `packed`: the config packed with its entries' digests (loader.load_to_run), for the first reload.
+    `loaded`: the config to run and its packed form with its entries' digests (loader.load_to_run),
+    taken out of the list: nothing of the caller's then pins them once a reload replaced them.
     `history` None runs without history (`--no-history`); `http` serves the status page and /metrics there.
     """
+    config, packed = loaded.pop()
     service = Service(config_path, config, paths=paths, addresses=host_addresses(host_ips), host_ips=host_ips,
                       stop_timeout=stop_timeout, on_ready=on_ready, notify=notify, history=history, http=http,
                       packed=packed)
-    del config, packed  # the service's until a reload replaces them: not pinned by this frame
+    del config, packed  # the service's until a reload replaces them: not pinned by this frame either
     return asyncio.run(service.run())
