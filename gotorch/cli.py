@@ -91,7 +91,7 @@ def cli() -> None:
 
 def task_warnings(config: Config, now: datetime) -> list[dict[str, Any]]:
     """DST warnings for the next 12 months, located at each task's line."""
-    from gotorch.schedule import dst_warnings
+    from gotorch.dst_report import dst_warnings
 
     out: list[dict[str, Any]] = []
     for t in config.tasks:
@@ -174,7 +174,7 @@ def _split_file_and_tasks(args: tuple[str, ...]) -> tuple[str | None, list[str]]
 
 def next_fires(config: Config, names: list[str], n: int, start: datetime | None) -> list[tuple[Task, list[Fire]]]:
     """The next `n` fires of each named task (all tasks if none named), strictly after `start`."""
-    from gotorch.schedule import fires
+    from gotorch.fire_times import fires
 
     by_name = config.by_name()
     unknown = [x for x in names if x not in by_name]

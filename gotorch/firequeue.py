@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 from gotorch.config import Task
-from gotorch.schedule import next_fire_ts, repeats_at_least_hourly
+from gotorch.fire_times import next_fire_ts, repeats_at_least_hourly
 
 ON_TIME = 1.0
 BACKWARD_LIMIT = 3 * 3600

@@ -1,8 +1,6 @@
-"""Schedules: parsing, validation and next-fire computation.
+"""Schedules: the syntax, parsing and validation, and the parsed form every other module uses.
 
-This module is pure: nothing here reads the clock or does I/O. The fire times of a schedule are a
-function of (schedule, timezone, instant) alone, so the daemon, ``torch validate`` and the tests all
-get the same answers, and results may be cached freely.
+This module is pure: nothing here reads the clock or does I/O, so parses may be cached freely.
 
 Syntax
 ------
@@ -43,55 +41,25 @@ aligned to the epoch rather than to when torch started, so it needs no state, su
 unchanged and is identical on every host (``@every 1d`` therefore fires at 00:00 UTC, whatever the
 task's timezone).
 
-DST policy
-----------
-Cron schedules are evaluated on the task timezone's wall clock.
-
-1. A fixed time that does not exist (the spring-forward gap) runs once, at the first instant after
-   the gap -- the transition itself. Several nonexistent times (02:00, 02:10, ...) collapse into that
-   single run, which also absorbs a regular fire at the same instant. Such fires carry ``dst="gap"``.
-2. A fixed time that happens twice (fall-back) runs once, at its first occurrence.
-3. Schedules whose hour field is ``*``, contains a step (``*/n``, ``a-b/n``, ``a/n``) or covers all 24
-   hours keep their real-time spacing instead: wall times in the gap are skipped, and the repeated hour
-   fires on both passes (second-pass fires carry ``dst="repeat"``) because it really passes twice.
-
-The gap or the repeat is not always an hour: whole calendar days have been skipped (Pacific/Apia
-went from -10 to +14 at the end of 2011-12-29, so 2011-12-30 never happened there; a daily 09:00
-runs once, at 2011-12-31 00:00) and repeated (Alaska in 1867, Samoa in 1892), and the policy is the
-same whatever the size.
-
-Fires are always returned in order of real instants. The search assumes, as every zone of the tz
-database satisfies (tests/test_dst.py checks the installed copy), that a zone's UTC offset changes
-by at most 26 hours at a time, never twice within 26 hours, and never ends up more than 26 hours
-above an offset it had earlier. (The largest changes are 24 hours; two changes are always days apart.)
+When a parsed schedule fires is worked out in gotorch.fire_times (its docstring gives the DST
+policy); the DST warnings `torch check` prints in gotorch.dst_report.
 """
 
 from __future__ import annotations
 
-import calendar
-import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
+from datetime import datetime
 from functools import lru_cache
 from typing import Final, Literal, NamedTuple, cast
 
+from gotorch.cron_spec import CronSpec, Days, next_day
 from gotorch.cronlib import CroniterError, croniter
 from gotorch.durations import parse_duration
 from gotorch.pickling import quick_pickle
 
-__all__ = [
-    "Fire",
-    "Schedule",
-    "ScheduleError",
-    "dst_warnings",
-    "fires",
-    "next_fire",
-    "next_fire_ts",
-    "parse_schedule",
-    "repeats_at_least_hourly",
-]
+__all__ = ["Dst", "Fire", "Schedule", "ScheduleError", "forget_parsed", "parse_schedule"]
 
 Dst = Literal["gap", "repeat"]
 
@@ -117,35 +85,6 @@ class Fire:
     dst: Dst | None = None
 
 
-class _Days(NamedTuple):
-    """Everything needed to decide which days of a month match."""
-
-    dom_mask: int  # bit d set: day-of-month d listed
-    last: bool  # day-of-month L
-    last_weekday: bool  # day-of-month LW
-    nearest: tuple[int, ...]  # day-of-month nW
-    dow_mask: int  # bit w set: weekday w listed (Sunday = 0)
-    nth: tuple[tuple[int, int], ...]  # (weekday, n) for w#n
-    last_dow: tuple[int, ...]  # weekdays written wL
-    both: bool  # True: a day must match day-of-month AND day-of-week
-    every_day: bool  # shortcut: every day of every month matches
-
-
-@quick_pickle
-@dataclass(frozen=True, slots=True)
-class _CronSpec:
-    """A validated cron expression in the form the search loop wants."""
-
-    next_sec: tuple[int, ...]  # next_sec[s]: smallest allowed second >= s, or -1
-    next_min: tuple[int, ...]
-    next_hour: tuple[int, ...]
-    first_tod: int  # earliest matching second of a day
-    hours_mask: int
-    months: int  # bit m set: month m allowed
-    days: _Days
-    fixed_hour: bool
-
-
 @quick_pickle
 @dataclass(frozen=True, slots=True)
 class Schedule:
@@ -161,7 +100,7 @@ class Schedule:
     expr: str = ""
     interval: int = 0
     fixed_hour: bool = False
-    spec: _CronSpec | None = field(default=None, repr=False, compare=False)
+    spec: CronSpec | None = field(default=None, repr=False, compare=False)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -434,13 +373,13 @@ def _next_table(mask: int, size: int) -> tuple[int, ...]:
     return tuple(table)
 
 
-def _build_spec(fields: list[_Field]) -> _CronSpec:
+def _build_spec(fields: list[_Field]) -> CronSpec:
     sec, minute, hour, dom, month, dow = fields
     dom_full = dom.mask == _bits(range(1, 32))
     dow_full = dow.mask == 0x7F
     both = dom.star or dow.star
     every_day = (dom_full and dow_full) if both else (dom_full or dow_full)
-    days = _Days(
+    days = Days(
         dom_mask=dom.mask,
         last=dom.last,
         last_weekday=dom.last_weekday,
@@ -453,7 +392,7 @@ def _build_spec(fields: list[_Field]) -> _CronSpec:
     )
     ns, nm, nh = _next_table(sec.mask, 60), _next_table(minute.mask, 60), _next_table(hour.mask, 24)
     all_hours = hour.mask == (1 << 24) - 1
-    return _CronSpec(
+    return CronSpec(
         next_sec=ns,
         next_min=nm,
         next_hour=nh,
@@ -488,10 +427,10 @@ def _parse_every(text: str, arg: str) -> Schedule:
     return Schedule(text=text, kind="every", interval=seconds)
 
 
-def _never_fires(spec: _CronSpec) -> bool:
+def _never_fires(spec: CronSpec) -> bool:
     # Whether a day matches depends only on the year's type (leap or not) and the weekday of its
     # 1 January; 2000-2027 contains all fourteen types, so no match there means no match ever.
-    return _next_day(spec, 2000, 1, 1, 2027) is None
+    return next_day(spec, 2000, 1, 1, 2027) is None
 
 
 @lru_cache(maxsize=16384)
@@ -550,400 +489,6 @@ def parse_schedule(text: str) -> Schedule:
             "check the day fields and the month",
         )
     return Schedule(text=text, kind="cron", expr=expr, fixed_hour=spec.fixed_hour, spec=spec)
-
-
-# --------------------------------------------------------------------------------------------------
-# Wall-clock search. Wall times are "local seconds": seconds since 1970-01-01 00:00 on the zone's own
-# clock, i.e. an integer stand-in for a naive local datetime.
-
-_EPOCH_ORD: Final = date(1970, 1, 1).toordinal()
-_SECOND_TD: Final = timedelta(seconds=1)
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_WEEKS_PATTERN: Final = sum(1 << (7 * k) for k in range(5))  # replicate a 7-bit week 5 times
-_MAX_YEAR: Final = 9998  # keeps every probe (up to _SHIFT past a fire) inside datetime's range
-_MAX_TS: Final = int((datetime(_MAX_YEAR, 12, 31, tzinfo=UTC) - _EPOCH).total_seconds())
-
-
-def _month_days(days: _Days, y: int, m: int) -> int:
-    """Bitmask of the matching days (bit d = day d) of month ``m`` of year ``y``."""
-    first_mon0, nd = calendar.monthrange(y, m)
-    full = (1 << (nd + 1)) - 2
-    if days.every_day:
-        return full
-    first = (first_mon0 + 1) % 7  # weekday of the 1st, Sunday = 0
-    dom = days.dom_mask
-    if days.last:
-        dom |= 1 << nd
-    if days.last_weekday:
-        last_wd = (first + nd - 1) % 7
-        dom |= 1 << (nd - 1 if last_wd == 6 else nd - 2 if last_wd == 0 else nd)
-    for day in days.nearest:
-        if day <= nd:
-            wd = (first + day - 1) % 7
-            if wd == 6:  # Saturday: the Friday before, unless that is last month
-                day = day - 1 if day > 1 else day + 2
-            elif wd == 0:  # Sunday: the Monday after, unless that is next month
-                day = day + 1 if day < nd else day - 2
-            dom |= 1 << day
-    dow_mask = days.dow_mask
-    week = ((dow_mask >> first) | (dow_mask << (7 - first))) & 0x7F  # bit i: weekday of day i+1
-    dow = (week * _WEEKS_PATTERN) << 1
-    for wd, n in days.nth:
-        day = 1 + (wd - first) % 7 + 7 * (n - 1)
-        if day <= nd:
-            dow |= 1 << day
-    if days.last_dow:
-        last_wd = (first + nd - 1) % 7
-        for wd in days.last_dow:
-            dow |= 1 << (nd - (last_wd - wd) % 7)
-    return (dom & dow if days.both else dom | dow) & full
-
-
-def _next_day(spec: _CronSpec, y: int, m: int, d: int, max_year: int) -> tuple[int, int, int] | None:
-    """First matching (year, month, day) on or after the given date, up to ``max_year``."""
-    months = spec.months
-    days = spec.days
-    while y <= max_year:
-        if months >> m & 1:
-            mask = _month_days(days, y, m) >> d
-            if mask:
-                return y, m, d + (mask & -mask).bit_length() - 1
-        d = 1
-        m += 1
-        if m == 13:
-            m = 1
-            y += 1
-    return None
-
-
-def _next_tod(spec: _CronSpec, sod: int) -> int:
-    """First matching second-of-day >= ``sod``, or -1 if none is left today."""
-    nh, nm, ns = spec.next_hour, spec.next_min, spec.next_sec
-    hour, rem = divmod(sod, 3600)
-    minute, second = divmod(rem, 60)
-    if nh[hour] == hour:
-        if nm[minute] == minute:
-            s = ns[second]
-            if s >= 0:
-                return hour * 3600 + minute * 60 + s
-            mm = nm[minute + 1]
-        else:
-            mm = nm[minute]
-        if mm >= 0:
-            return hour * 3600 + mm * 60 + ns[0]
-        h = nh[hour + 1]
-    else:
-        h = nh[hour]
-    if h >= 0:
-        return h * 3600 + nm[0] * 60 + ns[0]
-    return -1
-
-
-def _next_wall(spec: _CronSpec, ws: int) -> int | None:
-    """Smallest matching wall time >= ``ws`` (local seconds), or None before year 9999."""
-    days, sod = divmod(ws, 86400)
-    day = date.fromordinal(days + _EPOCH_ORD)
-    y, m, d = day.year, day.month, day.day
-    if spec.months >> m & 1 and _month_days(spec.days, y, m) >> d & 1:
-        tod = _next_tod(spec, sod)
-        if tod >= 0:
-            return days * 86400 + tod
-    found = _next_day(spec, y, m, d + 1, min(y + 400, _MAX_YEAR))
-    if found is None:
-        return None
-    return (date(*found).toordinal() - _EPOCH_ORD) * 86400 + spec.first_tod
-
-
-# --------------------------------------------------------------------------------------------------
-# Mapping wall times to instants.
-
-# The bound the search relies on (see the module docstring): no single offset change is larger, no
-# two changes are closer, and no offset lies further above an earlier one. It is not an hour or two:
-# Pacific/Apia skipped 24 hours in 2011, and its offset has been both -11:30 (1911-1950) and +14
-# (2011-2021), 25.5 hours apart.
-_SHIFT: Final = 26 * 3600
-_NEVER: Final = -(1 << 62)
-# Probing _SHIFT before an instant in year 1 would leave datetime's range; no zone changes offset
-# that early, so the offset a day later stands in.
-_MIN_PROBE: Final = int((datetime(1, 1, 2, tzinfo=UTC) - _EPOCH).total_seconds())
-
-
-def _off(tz: tzinfo, ts: int) -> int:
-    """UTC offset of ``tz`` at instant ``ts``, in seconds."""
-    if ts < _MIN_PROBE:
-        ts = _MIN_PROBE
-    off = datetime.fromtimestamp(ts, tz).utcoffset()
-    return 0 if off is None else off // _SECOND_TD
-
-
-def _first_change(tz: tzinfo, lo: int, hi: int, o_lo: int) -> int:
-    """Smallest instant in (lo, hi] whose offset differs from ``o_lo`` (the offset at lo)."""
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if _off(tz, mid) == o_lo:
-            lo = mid
-        else:
-            hi = mid
-    return hi
-
-
-# Transitions already located: (id(zone), instant // _SHIFT) -> (zone, instant). Every call within
-# _SHIFT of a transition sees it in a probe window; remembering it spares a bisection over a day-wide
-# window each time (a 1/s task would otherwise re-bisect it for 26 hours). Keyed by id because some
-# tzinfo classes (dateutil's) are unhashable; the entry keeps its zone alive, so the id stays its own.
-# Bounded by clearing when full.
-_located: dict[tuple[int, int], tuple[tzinfo, int]] = {}
-_LOCATED_MAX: Final = 1024
-
-
-def _change_in(tz: tzinfo, lo: int, hi: int, o_lo: int) -> int:
-    """The offset change in (lo, hi], where hi - lo <= _SHIFT and the offset at hi is not ``o_lo``.
-
-    There is exactly one (changes are more than _SHIFT apart), so a remembered change in the window is it.
-    """
-    for k in (hi // _SHIFT, lo // _SHIFT):
-        found = _located.get((id(tz), k))
-        if found is not None and found[0] is tz and lo < found[1] <= hi:
-            return found[1]
-    t = _first_change(tz, lo, hi, o_lo)
-    if len(_located) >= _LOCATED_MAX:
-        _located.clear()
-    _located[(id(tz), t // _SHIFT)] = (tz, t)
-    return t
-
-
-def _next_cron(spec: _CronSpec, tz: tzinfo, after: int) -> tuple[int, Dst | None] | None:
-    """First fire strictly after instant ``after`` under the DST policy."""
-    u = after + 1  # earliest instant still to consider
-    if isinstance(tz, timezone):  # fixed offset: wall clock and instants move together
-        o = _off(tz, u)
-        w = _next_wall(spec, u + o)
-        return None if w is None else (w - o, None)
-    # Walk constant-offset segments. Inside one, wall time and instant move together, so the first
-    # matching wall time at or after u's is the first fire -- unless an offset change is near, which
-    # we locate exactly by bisection and step across.
-    while True:
-        if u > _MAX_TS:
-            return None
-        o = _off(tz, u)
-        o_before = _off(tz, u - _SHIFT)
-        rep_end = _NEVER
-        if o_before != o:
-            p = _change_in(tz, u - _SHIFT, u, o_before)
-            if o_before > o:
-                # Wall times below rep_end were already lived through before this fall-back.
-                rep_end = p + o_before
-            elif p == u and spec.fixed_hour:
-                # u is exactly a spring-forward instant: it is the run of any time in the gap.
-                w = _next_wall(spec, p + o_before)
-                if w is not None and w < p + o:
-                    return p, "gap"
-        o_after = _off(tz, u + _SHIFT)
-        t = _change_in(tz, u, u + _SHIFT, o) if o_after != o else None
-        lo_wall = u + o
-        if spec.fixed_hour and rep_end > lo_wall:
-            lo_wall = rep_end  # a fixed time runs only at its first occurrence
-        w = _next_wall(spec, lo_wall)
-        if w is None:
-            return None
-        c = w - o
-        if t is None:
-            if c <= u + _SHIFT:
-                return c, ("repeat" if w < rep_end else None)
-            if _off(tz, c - _SHIFT) == o and _off(tz, c) == o:
-                # No offset change within _SHIFT before c, so c really shows wall w. No instant
-                # before c - _SHIFT can show w or later either: its offset would have to be more than
-                # _SHIFT above o, which is later at c.
-                return c, None
-            # The same argument: no fire before c - _SHIFT. Any change is located from there.
-            u = max(u + _SHIFT + 1, c - _SHIFT)
-            continue
-        if c < t:
-            return c, ("repeat" if w < rep_end else None)
-        o_next = _off(tz, t)
-        if spec.fixed_hour and o_next > o and w < t + o_next:
-            return t, "gap"  # the wall time fell into the spring-forward gap
-        u = t
-
-
-def _epoch_floor(dt: datetime) -> int:
-    """Unix seconds of an aware datetime, floored exactly (no float rounding)."""
-    if dt.tzinfo is None or dt.utcoffset() is None:
-        raise ValueError(f"need a timezone-aware datetime, got naive {dt.isoformat()}")
-    return (dt - _EPOCH) // _SECOND_TD
-
-
-def _next_ts(schedule: Schedule, tz: tzinfo, after: int) -> tuple[int, Dst | None] | None:
-    if schedule.kind == "cron":
-        return _next_cron(cast(_CronSpec, schedule.spec), tz, after)
-    if schedule.kind == "every":
-        k = schedule.interval
-        nxt = (after // k + 1) * k
-        return None if nxt > _MAX_TS else (nxt, None)
-    return None  # @reboot has no next fire
-
-
-def next_fire(schedule: Schedule, tz: tzinfo, after: datetime) -> Fire | None:
-    """The first fire strictly after ``after`` (any aware datetime), in ``tz``; None for @reboot.
-
-    Raises ValueError for a naive ``after``.
-    """
-    found = _next_ts(schedule, tz, _epoch_floor(after))
-    if found is None:
-        return None
-    return Fire(at=datetime.fromtimestamp(found[0], tz), dst=found[1])
-
-
-def fires(schedule: Schedule, tz: tzinfo, after: datetime, n: int) -> list[Fire]:
-    """The next ``n`` fires strictly after ``after``, in strictly increasing order of instants."""
-    out: list[Fire] = []
-    ts = _epoch_floor(after)
-    while len(out) < n:
-        found = _next_ts(schedule, tz, ts)
-        if found is None:
-            break
-        ts = found[0]
-        out.append(Fire(at=datetime.fromtimestamp(ts, tz), dst=found[1]))
-    return out
-
-
-def next_fire_ts(schedule: Schedule, tz: tzinfo, after_ts: int) -> int | None:
-    """Fast path of :func:`next_fire` on Unix seconds: first fire time strictly after ``after_ts``."""
-    found = _next_ts(schedule, tz, after_ts if isinstance(after_ts, int) else math.floor(after_ts))
-    return None if found is None else found[0]
-
-
-def repeats_at_least_hourly(schedule: Schedule) -> bool:
-    """True when consecutive fires are never more than one hour apart.
-
-    @every: interval <= 3600 s. Cron: every hour of every day has a fire (then the gap between the
-    last fire of one hour and the first of the next is at most an hour, and schedules covering all
-    24 hours keep real-time spacing across DST). @reboot: False.
-    """
-    if schedule.kind == "every":
-        return schedule.interval <= 3600
-    if schedule.kind == "reboot" or schedule.spec is None:
-        return False
-    spec = schedule.spec
-    return spec.hours_mask == (1 << 24) - 1 and spec.months == 0x1FFE and spec.days.every_day
-
-
-# --------------------------------------------------------------------------------------------------
-# DST warnings for `torch validate`.
-
-
-@lru_cache(maxsize=512)
-def _year_transitions(tz: tzinfo, year: int) -> tuple[tuple[int, int, int], ...]:
-    """(instant, offset before, offset after) of each offset change in (1 Jan year, 1 Jan year+1] UTC."""
-    if isinstance(tz, timezone):
-        return ()
-    x = int((datetime(year, 1, 1, tzinfo=UTC) - _EPOCH).total_seconds())
-    end = x + (366 if calendar.isleap(year) else 365) * 86400
-    o = _off(tz, x)
-    out: list[tuple[int, int, int]] = []
-    while x < end:
-        nxt = min(x + _SHIFT, end)  # no step can hold two changes
-        o_nxt = _off(tz, nxt)
-        if o_nxt == o:
-            x = nxt
-            continue
-        t = _change_in(tz, x, nxt, o)
-        o_t = _off(tz, t)
-        out.append((t, o, o_t))
-        x, o = t, o_t
-    return tuple(out)
-
-
-def _hm(ws: int) -> str:
-    h, rem = divmod(ws % 86400, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h:02d}:{m:02d}" if s == 0 else f"{h:02d}:{m:02d}:{s:02d}"
-
-
-def _fmt_offset(seconds: int) -> str:
-    sign = "-" if seconds < 0 else "+"
-    h, rem = divmod(abs(seconds), 3600)
-    m, s = divmod(rem, 60)
-    return f"{sign}{h:02d}:{m:02d}" + (f":{s:02d}" if s else "")
-
-
-def _day(ws: int) -> str:
-    return date.fromordinal(ws // 86400 + _EPOCH_ORD).isoformat()
-
-
-def _times(walls: list[int]) -> tuple[str, str]:
-    """The wall times as text, and " on <date>" when they share one date.
-
-    A gap or repeat can last a whole day and cross midnight; then each time carries its own date.
-    """
-    one_day = _day(walls[0]) == _day(walls[-1])
-    names = [_hm(w) if one_day else f"{_day(w)} {_hm(w)}" for w in walls]
-    on = f" on {_day(walls[0])}" if one_day else ""
-    if len(names) == 1:
-        return names[0], on
-    if len(names) <= 6:
-        return ", ".join(names[:-1]) + " and " + names[-1], on
-    return f"{names[0]} to {names[-1]} ({len(names)} times)", on
-
-
-def _matching_walls(spec: _CronSpec, lo: int, hi: int) -> list[int]:
-    out: list[int] = []
-    w = _next_wall(spec, lo)
-    while w is not None and w < hi:
-        out.append(w)
-        w = _next_wall(spec, w + 1)
-    return out
-
-
-def _add_months(dt: datetime, months: int) -> datetime:
-    y, m = divmod(dt.month - 1 + months, 12)
-    year = min(dt.year + y, _MAX_YEAR)
-    month = m + 1
-    return dt.replace(year=year, month=month, day=min(dt.day, calendar.monthrange(year, month)[1]))
-
-
-def dst_warnings(schedule: Schedule, tz: tzinfo, start: datetime, months: int = 12) -> list[str]:
-    """Warnings for fixed-time fires in [start, start + months) that hit a DST gap or overlap.
-
-    Only fixed-hour cron schedules get warnings: the others keep real-time spacing by design.
-    """
-    _epoch_floor(start)  # rejects a naive start
-    start_ts = -((_EPOCH - start) // _SECOND_TD)  # ceiling: a fire at the start counts
-    if schedule.kind != "cron" or not schedule.fixed_hour or months <= 0 or schedule.spec is None:
-        return []
-    spec = schedule.spec
-    end_ts = _epoch_floor(_add_months(start, months))
-    zone = getattr(tz, "key", None) or str(tz)
-    first_year = datetime.fromtimestamp(start_ts, UTC).year - 1
-    # A repeat's first pass, which is what counts, starts up to _SHIFT before its transition.
-    last_year = min(datetime.fromtimestamp(end_ts + _SHIFT, UTC).year, _MAX_YEAR)
-    out: list[str] = []
-    for year in range(first_year, last_year + 1):
-        for t, before, after in _year_transitions(tz, year):
-            if after > before:  # spring forward: walls [t+before, t+after) do not exist
-                if not start_ts <= t < end_ts:
-                    continue
-                walls = _matching_walls(spec, t + before, t + after)
-                if not walls:
-                    continue
-                times, on = _times(walls)
-                run = t + after
-                # After a gap of a day the run is on a later date than the time it stands for.
-                run_on = "" if on == f" on {_day(run)}" else f" on {_day(run)}"
-                verb, obj = ("does", "it") if len(walls) == 1 else ("do", "them once,")
-                out.append(f"{times} {zone} {verb} not exist{on}; torch runs {obj} at {_hm(run)}{run_on}")
-            else:  # fall back: walls [t+after, t+before) happen twice
-                walls = [w for w in _matching_walls(spec, t + after, t + before) if start_ts <= w - before < end_ts]
-                if not walls:
-                    continue
-                times, on = _times(walls)
-                if len(walls) == 1:
-                    tail = f"torch runs it once, at the first ({_hm(walls[0])}{_fmt_offset(before)})"
-                    out.append(f"{times} {zone} happens twice{on}; {tail}")
-                else:
-                    tail = f"torch runs each once, at the first ({_fmt_offset(before)})"
-                    out.append(f"{times} {zone} happen twice{on}; {tail}")
-    return out
 
 
 def forget_parsed() -> None:

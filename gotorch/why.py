@@ -1,7 +1,7 @@
 """`torch why TASK [--at TIME]`: what became of a task's last scheduled instant, decided purely.
 
 The CLI gathers the facts: the task from the task file, this host's addresses, the time asked about,
-the fires around it (`fires_around`, from gotorch.schedule) and a `HistoryLookup` over
+the fires around it (`fires_around`, from gotorch.fire_times) and a `HistoryLookup` over
 STATE/history.db. `explain` turns them into one `Answer`. Nothing here reads the clock or opens a
 file, so every answer is unit-tested with fixed times and an in-memory history.
 
@@ -30,9 +30,10 @@ from typing import Any, Literal, Protocol
 
 from gotorch.config import Task
 from gotorch.durations import format_duration
+from gotorch.fire_times import next_fire, next_fire_ts
 from gotorch.history.query import FireRecord, HistoryRow, iso
 from gotorch.hosts import HostMatch, IPAddress
-from gotorch.schedule import Fire, Schedule, next_fire, next_fire_ts
+from gotorch.schedule import Fire, Schedule
 
 AnswerKind = Literal["ran", "skipped", "missed", "not_scheduled", "not_on_this_host", "disabled",
                      "not_recorded_yet", "daemon_task", "reboot", "unknown_task", "no_history"]
@@ -50,7 +51,7 @@ _SEARCH_MAX_S = 1 << 34
 _MIN_TS = int((datetime(1, 1, 3, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds())
 
 
-# --- fires around a time (pure: gotorch.schedule only searches forward) ----------------------------
+# --- fires around a time (pure: gotorch.fire_times only searches forward) ----------------------------
 
 
 @dataclass(frozen=True, slots=True)

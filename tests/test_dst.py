@@ -26,8 +26,10 @@ from zoneinfo import ZoneInfo, available_timezones
 
 import pytest
 
-from gotorch import schedule as schedule_module
-from gotorch.schedule import dst_warnings, fires, next_fire, next_fire_ts, parse_schedule
+from gotorch import tz_offsets
+from gotorch.dst_report import dst_warnings
+from gotorch.fire_times import fires, next_fire, next_fire_ts
+from gotorch.schedule import parse_schedule
 
 # The pure-Python zoneinfo, which (unlike the C one) exposes a zone's transition list.
 pure_zoneinfo: Any = importlib.import_module("zoneinfo._zoneinfo")
@@ -820,7 +822,7 @@ def all_offset_changes() -> dict[str, list[tuple[int, int, int]]]:
 def test_tzdata_fits_the_bound_the_search_assumes() -> None:
     # If a tzdata release breaks this, _SHIFT in gotorch/schedule.py must grow (and stay below the
     # smallest spacing of two changes), or the search can miss or misplace fires near the change.
-    bound = schedule_module._SHIFT
+    bound = tz_offsets.SHIFT
     changes = all_offset_changes()
     assert len(changes) > 300 and sum(map(len, changes.values())) > 10_000  # really read the database
     too_big = [(k, t, b, a) for k, cs in changes.items() for t, b, a in cs if abs(a - b) > bound]
@@ -980,7 +982,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def test_search_holds_at_the_limits_of_its_assumptions() -> None:
     # Changes as big as the bound, as close as it allows, and offsets the bound apart: up and down a
     # whole 26 hours, 26 hours and a second apart, with an odd-seconds offset in between.
-    bound = schedule_module._SHIFT
+    bound = tz_offsets.SHIFT
     t0 = int(datetime(2030, 1, 3, 5, 0, 7, tzinfo=UTC).timestamp())
     h = 3600
     offsets = [14 * h, -12 * h, 14 * h, -12 * h, 5 * h + 1234, -12 * h, 14 * h, 13 * h + 59 * 60 + 59]

@@ -14,16 +14,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from croniter import croniter
 
-from gotorch.schedule import (
-    Fire,
-    Schedule,
-    ScheduleError,
-    fires,
-    next_fire,
-    next_fire_ts,
-    parse_schedule,
-    repeats_at_least_hourly,
-)
+from gotorch.fire_times import fires, next_fire, next_fire_ts, repeats_at_least_hourly
+from gotorch.schedule import Fire, Schedule, ScheduleError, parse_schedule
 
 BERLIN = ZoneInfo("Europe/Berlin")
 

@@ -22,7 +22,8 @@ from cronsim import CronSim, CronSimError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gotorch.schedule import ScheduleError, next_fire, parse_schedule
+from gotorch.fire_times import next_fire
+from gotorch.schedule import ScheduleError, parse_schedule
 
 BOUNDS = ((0, 59), (0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
 SIZES = (60, 60, 24, 31, 12, 7)

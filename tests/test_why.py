@@ -20,6 +20,7 @@ from click.testing import CliRunner, Result
 
 from gotorch.cli import cli
 from gotorch.config import Task
+from gotorch.fire_times import next_fire_ts
 from gotorch.history import schema
 from gotorch.history.query import (
     FireRecord,
@@ -30,7 +31,7 @@ from gotorch.history.query import (
     rows_around,
 )
 from gotorch.hosts import match
-from gotorch.schedule import next_fire_ts, parse_schedule
+from gotorch.schedule import parse_schedule
 from gotorch.why import (
     Answer,
     HistoryLookup,

@@ -36,10 +36,10 @@ from gotorch.events import (
     RunEnded,
     RunStarted,
 )
+from gotorch.fire_times import next_fire_ts
 from gotorch.fleet.coordinator import Coordinator, boottime
 from gotorch.fleet.etcd import Claim
 from gotorch.fleet.fence import Fence
-from gotorch.schedule import next_fire_ts
 
 CLAIM_AHEAD_S = 2  # claim a fire this many seconds before it is due
 WAIT_S = 3.0  # a fire with no answer yet waits this long for one

@@ -24,9 +24,10 @@ from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from gotorch.durations import format_duration, format_span
+from gotorch.fire_times import next_fire
 from gotorch.history.query import HistoryRow
 from gotorch.history.summary import Result, Running
-from gotorch.schedule import ScheduleError, next_fire, parse_schedule
+from gotorch.schedule import ScheduleError, parse_schedule
 from gotorch.web.words import describe
 
 RECENT = 20  # results shown per task
@@ -129,7 +130,7 @@ def duration(seconds: float | None) -> str:
 
 @lru_cache(maxsize=65536)
 def dst_mark(schedule: str, zone: str, next_ts: int) -> str | None:
-    """`gap` or `repeat` when the fire at `next_ts` is shifted by a DST change (gotorch.schedule), else None."""
+    """`gap` or `repeat` when the fire at `next_ts` is shifted by a DST change (gotorch.fire_times), else None."""
     try:
         sched = parse_schedule(schedule)
         fire = next_fire(sched, ZoneInfo(zone), datetime.fromtimestamp(next_ts - 1, UTC))
