@@ -38,12 +38,16 @@ Scenarios:
             floor's and APScheduler's where they ran the same, torch/floor, torch/aps, target, PASS/FAIL
             (bench/table.py); and the figures of $TORCH_FUZZ_REPORT, if that file exists (JSON written
             by `TORCH_FUZZ_REPORT=PATH python -m pytest tests/test_reload_fuzz.py`). `--quick` (any
-            scenario): BENCH_SECONDS=10, BENCH_REPEATS=1 and BENCH_PEERS_REPEATS=2 unless set: `all
-            --quick` takes 10-15 minutes on 2 cores.
+            scenario): BENCH_SECONDS=10, BENCH_1TPS_SECONDS=30, BENCH_REPEATS=1 and BENCH_PEERS_REPEATS=2
+            unless set: `all --quick` takes 10-15 minutes on 2 cores.
+  profile   not in `all` nor the default set: `profile [1tps|10k|burst|idle]` (default 10k) runs the daemon on
+            that peers scenario and prints its CPU per thread and per loop callback, per run started
+            (thread CPU time, not wall time: bench/cpu_profile.py)
   soak      not in CI, nor in `all` or the default set: 50 runs/s with output and history, a reload every
             10 s, for BENCH_SOAK_SECONDS (default 1800): slopes of the daemon's RSS and fds, zombies,
             missed and doubled fires (bench/soak.py)
-Set BENCH_SECONDS to change the measuring window of each scenario (default 30; history: 60 per run).
+Set BENCH_SECONDS to change the measuring window of each scenario (default 30; history: 60 per run;
+peers 1tps: BENCH_1TPS_SECONDS, default 100).
 With no scenario named: load runs reload hostile reload-memory history http peers.
 Every daemon runs a copy of gotorch/ taken when the benchmark starts (see `torch_code`), so edits to
 the checkout during a long run do not change the code measured, nor fail its reloads.
@@ -468,6 +472,17 @@ def bench_peers() -> list[Row]:
     return run_it(_peer_parts or env or PEER_PARTS)
 
 
+PROFILE_PARTS = ["1tps", "10k", "burst", "idle"]
+_profile_parts: list[str] = []
+
+
+def bench_profile() -> list[Row]:
+    """bench/cpu_profile.py: the daemon's CPU per loop callback and per thread, per run, on one peers scenario."""
+    from cpu_profile import bench_profile as run_it
+
+    return run_it(_profile_parts)
+
+
 def bench_soak() -> list[Row]:
     """bench/soak.py, imported only when chosen (it imports this module's helpers)."""
     from soak import bench_soak as run_it
@@ -511,7 +526,7 @@ def _fuzz_report() -> list[Row]:
 # What `all` runs: every figure the issues asked for (`runs`, `reload` and `reload-memory` measure
 # what `peers` measures better, or are not asked for: run them by name).
 ALL = ["load", "peers", "hostile", "history", "http", "fleet"]
-QUICK = {"BENCH_SECONDS": "10", "BENCH_REPEATS": "1", "BENCH_PEERS_REPEATS": "2"}
+QUICK = {"BENCH_SECONDS": "10", "BENCH_1TPS_SECONDS": "30", "BENCH_REPEATS": "1", "BENCH_PEERS_REPEATS": "2"}
 
 
 def bench_all() -> list[Row]:
@@ -540,7 +555,7 @@ def bench_all() -> list[Row]:
 SCENARIOS: dict[str, Callable[[], list[Row] | None]] = {
     "load": bench_load, "runs": bench_runs, "reload": bench_reload, "hostile": bench_hostile,
     "reload-memory": bench_reload_memory, "history": bench_history, "http": bench_http, "peers": bench_peers,
-    "all": bench_all, "soak": bench_soak, "fleet": bench_fleet,
+    "all": bench_all, "soak": bench_soak, "fleet": bench_fleet, "profile": bench_profile,
 }
 BY_DEFAULT = ["load", "runs", "reload", "hostile", "reload-memory", "history", "http", "peers"]
 
@@ -557,6 +572,8 @@ def main() -> None:
     for name in args:
         if name in PEER_PARTS and chosen and chosen[-1] == "peers":
             _peer_parts.append(name)
+        elif name in PROFILE_PARTS and chosen and chosen[-1] == "profile":
+            _profile_parts.append(name)
         elif name in SCENARIOS:
             chosen.append(name)
         else:
