@@ -6,15 +6,15 @@ or not the daemon runs, and cannot create or change the database under it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, tzinfo
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
@@ -34,7 +34,7 @@ from gotorch.history.query import (
     HistoryUnreadable,
     find_row,
     history,
-    open_readonly,
+    read_history,
     runs_with_output,
     task_exists,
 )
@@ -47,33 +47,32 @@ def _history_path(state_dir: str | None) -> Path:
     return resolve_paths(state_dir).history
 
 
-@contextlib.contextmanager
-def _history_db_or_none(state_dir: str | None) -> Iterator[sqlite3.Connection | None]:
-    """Open the history read-only, None if there is none yet; unreadable (now or in a query): message, exit 1."""
+T = TypeVar("T")
+
+
+def _read_or_none(state_dir: str | None, work: Callable[[sqlite3.Connection | None], T]) -> T:
+    """`work(db)` on the history opened read-only (db None: no history yet); unreadable: message, exit 1."""
     path = _history_path(state_dir)
     try:
-        db = open_readonly(path)
+        return read_history(path, work)
     except HistoryUnreadable as exc:
         click.echo(f"torch: {exc}", err=True)
         sys.exit(1)
-    try:
-        yield db
     except sqlite3.Error as exc:  # damage past the header shows only when a query reaches it
         click.echo(f"torch: {HistoryUnreadable(path, str(exc))}", err=True)
         sys.exit(1)
-    finally:
-        if db is not None:
-            db.close()
 
 
-@contextlib.contextmanager
-def _history_db(state_dir: str | None, when_missing: Callable[[], None]) -> Iterator[sqlite3.Connection]:
-    """Open the history read-only; missing: call `when_missing`, exit 0; unreadable: message, exit 1."""
-    with _history_db_or_none(state_dir) as db:
+def _read(state_dir: str | None, when_missing: Callable[[], None], work: Callable[[sqlite3.Connection], T]) -> T:
+    """`work(db)` on the history opened read-only; missing: call `when_missing`, exit 0; unreadable: exit 1."""
+
+    def or_missing(db: sqlite3.Connection | None) -> T:
         if db is None:
             when_missing()
             sys.exit(0)
-        yield db
+        return work(db)
+
+    return _read_or_none(state_dir, or_missing)
 
 
 def _no_history() -> None:
@@ -152,8 +151,8 @@ def history_cmd(tasks: tuple[str, ...], config_opt: str | None, state_dir: str |
             click.echo("[]")
         _no_history()
 
-    with _history_db(state_dir, missing) as db:
-        rows = history(db, list(tasks), wanted or None, since_t, until_t, limit or None, include_nonruns)
+    rows = _read(state_dir, missing, lambda db: history(db, list(tasks), wanted or None, since_t, until_t,
+                                                         limit or None, include_nonruns))
     if as_json:
         click.echo(json.dumps([r.to_json() for r in rows], indent=2))
         return
@@ -245,11 +244,14 @@ def logs(task: str, config_opt: str | None, state_dir: str | None, run_id: str |
     """
     if run_id is not None and count is not None:
         raise click.UsageError("give --run ID or -n N, not both")
-    with _history_db(state_dir, _no_history) as db:
-        rows = runs_with_output(db, task, run_id, count or 1)
-        if not rows:
+    def query(db: sqlite3.Connection) -> list[HistoryRow]:
+        found = runs_with_output(db, task, run_id, count or 1)
+        if not found:
             click.echo(f"torch: {_no_run_message(db, task, run_id)}", err=True)
             sys.exit(1)
+        return found
+
+    rows = _read(state_dir, _no_history, query)
     for i, row in enumerate(rows):
         if i:
             click.echo()
@@ -335,8 +337,7 @@ def why(task: str, config_opt: str | None, state_dir: str | None, as_json: bool,
             fires = fires_around(t.schedule, t.tz, at)
     question = Question(task, at, now, t, config.path, exact=exact, addresses=tuple(addresses), host=host,
                         fires=fires, zone=zone)
-    with _history_db_or_none(state_dir) as db:
-        answer = explain(question, None if db is None else HistoryReader(db))
+    answer = _read_or_none(state_dir, lambda db: explain(question, None if db is None else HistoryReader(db)))
     if answer.kind == "unknown_task":
         click.echo(f"torch: {answer.message}", err=True)
     if as_json:

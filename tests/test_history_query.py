@@ -10,8 +10,9 @@ import itertools
 import json
 import os
 import sqlite3
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,57 @@ def test_reading_a_closed_wal_database_creates_no_files(state: Path, db: sqlite3
     r = run_cli(state, "logs", "backup")
     assert r.exit_code == 0 and "run w1" in r.stdout
     assert sorted(p.name for p in state.iterdir()) == ["history.db"]
+
+
+def _tear_page(db: sqlite3.Connection, path: Path, table: str) -> Callable[[], None]:
+    """Close `db` (a WAL database: the -wal goes) and overwrite `table`'s root page with junk, as a
+    checkpoint caught half-way leaves it for a reader without locks; return what puts it back."""
+    size = db.execute("PRAGMA page_size").fetchone()[0]
+    root = db.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0]
+    db.close()
+    assert not Path(f"{path}-wal").exists()
+    with open(path, "r+b") as f:
+        f.seek((root - 1) * size)
+        whole = f.read(size)
+        f.seek((root - 1) * size)
+        f.write(b"\xff" * size)
+
+    def mend() -> None:
+        with open(path, "r+b") as f:
+            f.seek((root - 1) * size)
+            f.write(whole)
+
+    return mend
+
+
+def test_a_read_torn_by_a_checkpoint_is_tried_again_once_the_file_is_whole(state: Path, db: sqlite3.Connection) -> None:
+    # An admin removed a running daemon's -wal: its writer checkpoints the removed WAL into the main
+    # file, and a reader (immutable, as there is no -wal) may meanwhile read half-written pages.
+    assert db.execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal"
+    add(db, run_id="t1")
+    add(db, at=T0 + 1, run_id="t2")
+    mend = _tear_page(db, state / "history.db", "runs")
+    timer = threading.Timer(0.3, mend)  # the checkpoint ends: the file is whole again
+    timer.start()
+    try:
+        t0 = time.monotonic()
+        r = run_cli(state, "history", "backup", "--json")
+        took = time.monotonic() - t0
+    finally:
+        timer.join()
+    assert r.exit_code == 0, r.output
+    assert [row["run_id"] for row in json.loads(r.stdout)] == ["t2", "t1"]
+    assert took >= 0.2, "the first read, during the tear, was not the one that succeeded"
+
+
+def test_damage_that_stays_is_reported_after_the_retries(state: Path, db: sqlite3.Connection) -> None:
+    assert db.execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal"
+    add(db, run_id="t1")
+    _tear_page(db, state / "history.db", "runs")
+    t0 = time.monotonic()
+    r = run_cli(state, "history", "backup")
+    assert r.exit_code == 1 and "malformed" in r.stderr, r.output
+    assert time.monotonic() - t0 < 5, "a damaged file is not retried for long"
 
 
 def test_reading_while_the_writer_has_it_open(state: Path, db: sqlite3.Connection) -> None:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from gotorch.history import DB_NAME as DB_NAME  # re-exported: the file name in the state directory
@@ -36,15 +38,23 @@ _ROW_COLUMNS = ("run_id, task, kind, trigger, attempt, scheduled_at, started_at,
                 "signal, duration_s, lateness_ms, reason, error")
 _NROW = 15  # columns in _ROW_COLUMNS
 _OUTPUT_COLUMNS = "output_head, output_tail, output_elided, output_bytes, dropped_bytes"
+# A read of a database with no -wal file that SQLite finds damaged is tried this many times in all,
+# this far apart (see read_history).
+_TORN_READ_TRIES = 5
+_TORN_READ_PAUSE_S = 0.2
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
+
+T = TypeVar("T")
 
 
 class HistoryUnreadable(Exception):
     """The history database exists but cannot be read: permissions, not SQLite, corrupt, too new."""
 
-    def __init__(self, path: Path, reason: str) -> None:
+    def __init__(self, path: Path, reason: str, sqlite_code: int | None = None) -> None:
         super().__init__(f"cannot read history database {path}: {reason}")
         self.path = path
         self.reason = reason
+        self.sqlite_code = sqlite_code  # SQLite's primary result code, when SQLite refused it
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +178,7 @@ def open_readonly(path: Path) -> sqlite3.Connection | None:
         has_runs = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone()
     except sqlite3.Error as exc:
         db.close()
-        raise HistoryUnreadable(path, str(exc)) from None
+        raise HistoryUnreadable(path, str(exc), _primary_code(exc)) from None
     if found > schema.VERSION:
         db.close()
         raise HistoryUnreadable(path, f"its schema {found} is newer than this torch's ({schema.VERSION}); "
@@ -177,6 +187,37 @@ def open_readonly(path: Path) -> sqlite3.Connection | None:
         db.close()
         return None
     return db
+
+
+def read_history(path: Path, work: Callable[[sqlite3.Connection | None], T]) -> T:
+    """`work(db)` on the history opened read-only (None: no history yet); the connection is closed after.
+
+    A database with no -wal file is read as immutable, without locks (see open_readonly). If an
+    admin removed the -wal of a running daemon, the daemon's writer checkpoints the removed WAL into
+    the main file when it notices, and a read meanwhile can find half-written pages, which SQLite
+    calls malformed. That lasts milliseconds: such a read is tried again (five tries 0.2 s apart)
+    before the damage is reported. Raises HistoryUnreadable, or the sqlite3.Error `work` raised.
+    """
+    for attempt in range(1, _TORN_READ_TRIES + 1):
+        unlocked = not os.path.lexists(f"{path}-wal")
+        try:
+            db = open_readonly(path)
+            try:
+                return work(db)
+            finally:
+                if db is not None:
+                    db.close()
+        except (HistoryUnreadable, sqlite3.DatabaseError) as exc:
+            code = exc.sqlite_code if isinstance(exc, HistoryUnreadable) else _primary_code(exc)
+            if not (unlocked and code in (_SQLITE_CORRUPT, _SQLITE_NOTADB) and attempt < _TORN_READ_TRIES):
+                raise
+        time.sleep(_TORN_READ_PAUSE_S)
+    raise AssertionError("unreachable: the last try returns or raises")
+
+
+def _primary_code(exc: sqlite3.Error) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF
 
 
 def _row(values: tuple[Any, ...], output: RunOutput | None = None) -> HistoryRow:
