@@ -619,17 +619,17 @@ def big_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     db.execute("PRAGMA synchronous = OFF")
     started = time.perf_counter()
 
-    def rows() -> Iterator[tuple[Any, ...]]:
-        for i in range(BIG_ROWS):
-            at = T0 + i
-            if i % 10 == 9:
-                yield f"{i:08x}", f"task{i % BIG_TASKS}", "skipped", at, at, None, "skipped", None, None, None
-            else:
-                yield f"{i:08x}", f"task{i % BIG_TASKS}", "run", at, at, at + 0.5, "ok", 0, 0.5, 3.0
-
+    db.execute("PRAGMA cache_size = -200000")  # 200 MB: the indexes are built in memory, not thrashed
+    # Generated inside SQLite, in C: twice as fast as a million Python tuples through executemany.
     with db:
-        db.executemany("INSERT INTO runs (run_id, task, kind, scheduled_at, started_at, ended_at, status, "
-                       "exit_code, duration_s, lateness_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows())
+        db.execute("""
+            WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ?2 - 1)
+            INSERT INTO runs (run_id, task, kind, scheduled_at, started_at, ended_at, status, exit_code,
+                              duration_s, lateness_ms)
+            SELECT printf('%08x', i), 'task' || (i % ?3), iif(i % 10 = 9, 'skipped', 'run'), ?1 + i, ?1 + i,
+                   iif(i % 10 = 9, NULL, ?1 + i + 0.5), iif(i % 10 = 9, 'skipped', 'ok'), iif(i % 10 = 9, NULL, 0),
+                   iif(i % 10 = 9, NULL, 0.5), iif(i % 10 = 9, NULL, 3.0)
+            FROM n""", (T0, BIG_ROWS, BIG_TASKS))
     print(f"\nbuilt {BIG_ROWS} rows in {time.perf_counter() - started:.1f} s")
     db.close()
     return path

@@ -774,15 +774,15 @@ def big_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
     db.execute("PRAGMA journal_mode = OFF")  # a scratch file: no rollback journal needed to build it
     db.execute("PRAGMA synchronous = OFF")
 
-    def rows() -> Iterator[tuple[Any, ...]]:
-        for i in range(BIG_ROWS + GAP[1] - GAP[0]):
-            if not GAP[0] <= i < GAP[1]:
-                at = T + i
-                yield f"{i:08x}", f"task{i % BIG_TASKS}", "run", at, at + 0.01, at + 0.5, "ok", 0, 0.5, 3.0
-
+    db.execute("PRAGMA cache_size = -200000")  # 200 MB: the indexes are built in memory, not thrashed
+    # Generated inside SQLite, in C: twice as fast as a million Python tuples through executemany.
     with db:
-        db.executemany("INSERT INTO runs (run_id, task, kind, scheduled_at, started_at, ended_at, status, "
-                       "exit_code, duration_s, lateness_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows())
+        db.execute("""
+            WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ?2 - 1)
+            INSERT INTO runs (run_id, task, kind, scheduled_at, started_at, ended_at, status, exit_code,
+                              duration_s, lateness_ms)
+            SELECT printf('%08x', i), 'task' || (i % ?3), 'run', ?1 + i, ?1 + i + 0.01, ?1 + i + 0.5, 'ok', 0, 0.5, 3.0
+            FROM n WHERE i NOT BETWEEN ?4 AND ?5 - 1""", (T, BIG_ROWS + GAP[1] - GAP[0], BIG_TASKS, *GAP))
     db.close()
     (path.parent / "tasks.yaml").write_text(
         'version: 1\ntasks:\n  - {name: task0, schedule: "@every 100s", command: "true"}\n')
