@@ -3,6 +3,8 @@
 import sys as _sys
 
 __version__ = "0.1.0"
+# `python -X torch_helper`: one of torch's helper processes (gotorch.reload_process.python_argv).
+HELPER_OPTION = "torch_helper"
 
 
 def _lean_imports() -> None:
@@ -18,7 +20,10 @@ def _lean_imports() -> None:
         return
     _sys.modules["ssl"] = _sys.modules["_hashlib"] = None  # type: ignore[assignment]
     try:
-        import asyncio  # noqa: F401
+        # torch's helpers (the reload and fence processes) run no event loop: asyncio's ~90 ms of
+        # imports would be paid by every reload for nothing.
+        if HELPER_OPTION not in _sys._xoptions:
+            import asyncio  # noqa: F401
         import hashlib  # noqa: F401
         import hmac  # noqa: F401
         import secrets  # noqa: F401

@@ -1,7 +1,7 @@
 """Loading the task file for the daemon: trusted, settled, and for reloads parsed in a child process.
 
 `load_to_run` and `load_for_daemon` are what `torch start` and `torch reload` run in their own process. A running
-daemon instead reloads through `load_in_child`: a child process (gotorch.reload_process, a fresh
+daemon instead reloads through `reload_client.load_in_child`: a child process (gotorch.reload_process, a fresh
 interpreter started ahead of time, not a fork) reads, waits for the file to settle, validates,
 pre-computes next fires and sends back the difference from what the daemon runs. So, whatever the
 file is:
@@ -18,7 +18,6 @@ still being written, an I/O error, no memory or processes for the child) are wor
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import gc
@@ -29,15 +28,18 @@ import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gotorch import accounts, reload_process
 from gotorch.config import Config, ConfigError, ConfigInvalid, Task, compacted, parse_bytes, read_task_file
 from gotorch.firequeue import FireHints, precompute
 from gotorch.fleet.settings import FleetSettings
-from gotorch.hosts import HOST_IPS_ENV, IPAddress, host_addresses, local_timezone
+from gotorch.hosts import IPAddress, host_addresses, local_timezone
 from gotorch.plan import Plan, applicable, reload_plan
-from gotorch.reload_process import ReloadProcess
 from gotorch.trustedfs import FileBytes, Untrusted, read_file
+
+if TYPE_CHECKING:
+    import asyncio  # a Future in Loaded; the loop's side of a reload is gotorch.reload_client
 
 # A file modified less than this long ago may still be being written: wait until it has not changed
 # for this long (a slow `scp`, an editor writing in pieces) before applying it. With the watcher's 0.5 s
@@ -45,11 +47,6 @@ from gotorch.trustedfs import FileBytes, Untrusted, read_file
 SETTLE_S = 0.5
 # Give up waiting for a file that never stops changing (a log someone pointed us at?) after this.
 SETTLE_MAX_S = 30.0
-# A child that has not answered by then (a hung network filesystem) is killed; the reload is retried.
-CHILD_TIMEOUT_S = 120.0
-# The packed config follows the answer within ~0.1 s; a child that sends none by then is killed (the
-# next reload then diffs against nothing).
-BLOB_TIMEOUT_S = 30.0
 CHILD_EXTRA_MEMORY = reload_process.CHILD_EXTRA_MEMORY
 
 
@@ -331,163 +328,3 @@ def _load_here(path: Path, host_ips: str | None, euid: int, base: Base | Prepare
                       "torch retries; check the path and the filesystem", transient=True), None
     except Exception as exc:  # a bug or an unmodelled corner of YAML: say what, do not retry blindly
         return failed(f"internal error while loading: {exc!r}", "please report it", transient=False), None
-
-
-def _set_done(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-async def _send(loop: asyncio.AbstractEventLoop, fd: int, data: bytes, *, close: bool = True) -> None:
-    """Write `data` to the non-blocking pipe `fd` without blocking the loop, then close it (if `close`)."""
-    view = memoryview(data)
-    try:
-        while view:
-            try:
-                view = view[os.write(fd, view):]
-            except BlockingIOError:
-                writable: asyncio.Future[None] = loop.create_future()
-                loop.add_writer(fd, _set_done, writable)
-                try:
-                    await writable
-                finally:
-                    loop.remove_writer(fd)
-    finally:
-        if close:
-            os.close(fd)
-
-
-async def preload(process: ReloadProcess, base: Base | None) -> None:
-    """Send a spare reload process the base of the next reload now (see reload_process.frame).
-
-    It unpacks it while it waits; `load_in_child` then sends only the file's path if the base is
-    still the one the daemon runs. OSError if the process is gone.
-    """
-    if process.primed:
-        raise RuntimeError("preload() called twice for one reload process")
-    await _send(asyncio.get_running_loop(), process.request_fd,
-                reload_process.frame(reload_process.code_fingerprint(), base), close=False)
-    process.primed, process.preloaded = True, base
-
-
-def _retrieved(future: asyncio.Future[bytes]) -> None:
-    if not future.cancelled():
-        future.exception()
-
-
-def _same_base(a: object, b: Base | None) -> bool:
-    return isinstance(a, Base) and b is not None and a.config is b.config and a.addresses == b.addresses
-
-
-async def load_in_child(path: Path, host_ips: str | None, base: Base | None = None, *, settle: bool = True,
-                        timeout: float = CHILD_TIMEOUT_S, process: ReloadProcess | None = None) -> Loaded | LoadFailed:
-    """Have a reload process (gotorch.reload_process) load `path`; wait for its answer without blocking.
-
-    The answer is the difference from `base`, what the daemon runs (None: from nothing). `settle`:
-    wait for a file modified just now to stop changing (see `read_settled`); an explicit reload
-    (SIGUSR2, `torch reload`) means the file is ready, and is read at once. `process`: one started
-    ahead of time (`reload_process.spawn`), else one is started now.
-
-    The process is reaped by whoever reaps the daemon's children (`Runner.reap`, waitpid(-1)). If
-    this coroutine is cancelled (the daemon stops) or times out, the process is killed.
-    """
-    loop = asyncio.get_running_loop()
-    file = str(path)
-    if process is None or process.exited():
-        if process is not None:
-            process.kill()
-        try:
-            process = reload_process.spawn()
-        except OSError as exc:
-            return LoadFailed([ConfigError(file, 0, 0, "", f"cannot start the reload process: {exc.strerror or exc}",
-                                           "torch retries (process or memory limits?)")], True)
-    # The answer comes first, after its length in 8 bytes; a Loaded answer's packed config follows,
-    # until end of file (see reload_process.main).
-    done: asyncio.Future[bytes] = loop.create_future()
-    rest: asyncio.Future[bytes] = loop.create_future()
-    buf = bytearray()
-    eof = False
-    rfd = process.answer_fd
-
-    def readable() -> None:
-        nonlocal eof
-        try:
-            while True:
-                chunk = os.read(rfd, 1 << 20)
-                if not chunk:
-                    eof = True
-                    break
-                buf.extend(chunk)
-        except BlockingIOError:
-            pass
-        except OSError as exc:
-            for fut in (done, rest):
-                if not fut.done():
-                    fut.set_exception(exc)
-            return
-        if not done.done() and len(buf) >= 8:
-            size = int.from_bytes(buf[:8], "big")
-            if len(buf) >= 8 + size:
-                done.set_result(bytes(buf[8:8 + size]))
-                del buf[:8 + size]
-        if eof:
-            if not done.done():
-                done.set_result(b"")  # it died before answering
-            if not rest.done():
-                rest.set_result(bytes(buf))
-
-    async def finish() -> bytes:
-        # Owns the process from the answer on: reads the packed config, then closes and kills.
-        try:
-            async with asyncio.timeout(BLOB_TIMEOUT_S):
-                return await rest
-        finally:
-            loop.remove_reader(rfd)
-            if not eof:
-                process.kill()
-            process.close()
-
-    reading = False
-    data = b""
-    try:
-        # The process gets no TORCH_* environment (see reload_process._env): the override travels here.
-        if host_ips is None:
-            host_ips = os.environ.get(HOST_IPS_ENV) or None  # empty means unset, as host_addresses says
-        # The base only if the process does not have it already (a spare primed by `preload`).
-        sent: object = reload_process.PRELOADED if _same_base(process.preloaded, base) else base
-        request = pickle.dumps((reload_process.code_fingerprint(), file, host_ips, settle, sent),
-                               protocol=pickle.HIGHEST_PROTOCOL)
-        if not process.primed:
-            request = reload_process.frame(reload_process.code_fingerprint(), None) + request
-            process.primed = True
-        process.request_fd, request_fd = -1, process.request_fd  # _send closes it
-        loop.add_reader(rfd, readable)
-        reading = True
-        async with asyncio.timeout(timeout):
-            with contextlib.suppress(BrokenPipeError):  # it died: its answer says so (none)
-                await _send(loop, request_fd, request)
-            data = await done
-    except TimeoutError:
-        return LoadFailed([ConfigError(file, 0, 0, "", f"reading and checking the file took over {timeout:g} s",
-                                       "torch retries; is the filesystem responding?")], True)
-    except OSError as exc:
-        return LoadFailed([ConfigError(file, 0, 0, "", f"reload failed: {exc}")], True)
-    finally:
-        try:
-            result = pickle.loads(data) if data else None
-        except Exception:
-            result = None
-        if isinstance(result, Loaded) and not result.blob:
-            later = asyncio.ensure_future(finish())
-            later.add_done_callback(_retrieved)  # whoever wants it awaits it; nobody else must hear of it
-            result = replace(result, blob_later=later)
-        else:
-            if reading:
-                loop.remove_reader(rfd)
-            if not eof:  # failed, timed out or cancelled (the daemon stops): it must not outlive it
-                process.kill()
-            process.close()
-    if isinstance(result, Loaded | LoadFailed):
-        return result
-    return LoadFailed([ConfigError(file, 0, 0, "", "the reload process died without an answer",
-                                   "torch retries; see the system log (out of memory?)")], True)

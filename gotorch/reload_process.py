@@ -77,6 +77,8 @@ class ReloadProcess:
                 setattr(self, name, -1 if name != "pidfd" else None)
 
 
+# The -X option that marks torch's own helper processes (gotorch.HELPER_OPTION, repeated for readers).
+HELPER_OPTION = gotorch.HELPER_OPTION
 # Where the gotorch package is imported from: the child imports the very same files.
 _ROOT = str(Path(gotorch.__file__).resolve().parent.parent)
 
@@ -86,9 +88,11 @@ def python_argv(module: str) -> list[str]:
 
     -I: no PYTHON* variables, no user site-packages, no working directory on sys.path: such a
     process runs as root and must import only the interpreter's own packages and torch's. The
-    package's root goes last, so nothing there can shadow the standard library.
+    package's root goes last, so nothing there can shadow the standard library. -X torch_helper:
+    it runs no event loop, so `gotorch` does not import asyncio for it (see gotorch._lean_imports).
     """
-    return [sys.executable, "-I", "-c", f"import sys; sys.path.append({_ROOT!r}); from {module} import main; main()"]
+    return [sys.executable, "-I", "-X", HELPER_OPTION, "-c",
+            f"import sys; sys.path.append({_ROOT!r}); from {module} import main; main()"]
 
 
 def _argv() -> list[str]:

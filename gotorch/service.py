@@ -56,10 +56,11 @@ from gotorch.history import DEFAULT_SETTINGS, HistorySettings
 from gotorch.history.recorder import Recorder
 from gotorch.history.writer import HistoryWriter
 from gotorch.hosts import IPAddress, host_addresses
-from gotorch.loader import Base, LoadFailed, load_in_child, pack_config, preload
+from gotorch.loader import Base, LoadFailed, pack_config
 from gotorch.metrics import Metrics
 from gotorch.pauses import PauseStore
 from gotorch.plan import applicable, reload_plan
+from gotorch.reload_client import load_in_child, preload
 from gotorch.reload_process import ReloadProcess
 from gotorch.retries import Retries
 from gotorch.runner import set_child_subreaper

@@ -239,7 +239,8 @@ def task_file(out: Path, extra: str = "") -> str:
 
 def test_reload_child_does_not_trust_the_account_cache_it_inherits(new_user: NewUser, tmp_path: Path) -> None:
     # Imported here: only this test needs the loader (and the scheduling code it brings along).
-    from gotorch.loader import Loaded, load_in_child
+    from gotorch.loader import Loaded
+    from gotorch.reload_client import load_in_child
 
     path = tmp_path / "tasks.yaml"
     path.write_text(task_file(tmp_path / "out", f"""\

@@ -1,4 +1,4 @@
-"""The reload's own process (gotorch.reload_process) and how the daemon talks to it (loader.load_in_child)."""
+"""The reload's own process (gotorch.reload_process) and how the daemon talks to it (reload_client.load_in_child)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import json
 import os
 import resource
 import signal
+import subprocess
 import types
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ import pytest
 from gotorch import log, reload_process
 from gotorch.config import parse_config
 from gotorch.hosts import host_addresses
-from gotorch.loader import Loaded, LoadFailed, load_in_child, read_settled
+from gotorch.loader import Loaded, LoadFailed, read_settled
+from gotorch.reload_client import load_in_child
 
 TASKS = 'version: 1\ntasks:\n  - {name: t, schedule: "@yearly", command: "true", ips: [127.0.0.1]}\n'
 
@@ -194,3 +196,24 @@ class _Ev:
 
     def data(self) -> dict[str, Any]:
         return {"what": self.name * 20}
+
+
+def _modules_after(argv_head: list[str], imports: str) -> dict[str, bool]:
+    """Which of asyncio and ssl a fresh interpreter started with `argv_head` has after `imports`."""
+    code = (f"import sys; sys.path.append({reload_process._ROOT!r}); {imports}; "
+            "import json; print(json.dumps({m: m in sys.modules for m in ('asyncio', 'ssl')}))")
+    out = subprocess.run([*argv_head, "-c", code], capture_output=True, text=True, check=True,
+                         env=reload_process.clean_env())
+    got: dict[str, bool] = json.loads(out.stdout)
+    return got
+
+
+def test_helper_processes_import_no_event_loop_and_the_daemon_no_openssl() -> None:
+    argv = reload_process.python_argv("gotorch.reload_process")
+    head = argv[:argv.index("-c")]
+    assert head[1:] == ["-I", "-X", reload_process.HELPER_OPTION]
+    # What the reload and fence processes import, up to their work: asyncio's ~90 ms is not among it.
+    assert _modules_after(head, "import gotorch.reload_process, gotorch.loader, gotorch.fleet.fence") == {
+        "asyncio": False, "ssl": False}
+    # The daemon's own interpreter has asyncio, still without ssl (OpenSSL's ~5 MB resident).
+    assert _modules_after([head[0], "-I"], "import gotorch.service") == {"asyncio": True, "ssl": False}

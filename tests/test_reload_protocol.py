@@ -1,6 +1,6 @@
 """How the daemon and a reload process talk, against real processes.
 
-A spare is given the running config ahead of time (loader.preload); the answer comes before the
+A spare is given the running config ahead of time (reload_client.preload); the answer comes before the
 packed config of the next reload (Loaded.blob_later).
 """
 
@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from gotorch import loader, reload_process
+from gotorch import loader, reload_client, reload_process
 from gotorch.config import parse_config
 from gotorch.hosts import host_addresses
-from gotorch.loader import Base, Loaded, LoadFailed, load_in_child, pack_config, preload, unpack_config
+from gotorch.loader import Base, Loaded, LoadFailed, pack_config, unpack_config
+from gotorch.reload_client import load_in_child, preload
 
 HEAD = 'version: 1\ndefaults: {timezone: UTC}\ntasks:\n'
 TASK = '  - {{name: {name}, schedule: "@yearly", command: "true"}}\n'
@@ -34,13 +35,13 @@ def _file(*names: str) -> str:
 def requests(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
     """Every message the daemon side writes to a reload process, as written."""
     sent: list[bytes] = []
-    real = loader._send
+    real = reload_client._send
 
     async def send(loop: asyncio.AbstractEventLoop, fd: int, data: bytes, *, close: bool = True) -> None:
         sent.append(bytes(data))
         await real(loop, fd, data, close=close)
 
-    monkeypatch.setattr(loader, "_send", send)
+    monkeypatch.setattr(reload_client, "_send", send)
     yield sent
 
 
@@ -101,7 +102,7 @@ def test_an_unusable_preload_fails_the_reload_as_transient(tmp_path: Path, monke
     # The preload cannot be unpacked, yet the request relies on it: retried, never a wrong diff.
     (tmp_path / "tasks.yaml").write_text(_file("a"))
     broken = Base(b"not a packed config", host_addresses("127.0.0.1"))
-    monkeypatch.setattr(loader, "_same_base", lambda a, b: True)
+    monkeypatch.setattr(reload_client, "_same_base", lambda a, b: True)
     got = _reload(tmp_path / "tasks.yaml", broken, broken)
     assert isinstance(got, LoadFailed) and got.transient, got
     assert "could not unpack" in got.errors[0].problem
